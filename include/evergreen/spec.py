@@ -1,0 +1,333 @@
+"""Pipeline specs: one YAML file per model, parsed into typed, validated objects.
+
+Specs are read from ``include/specs/`` (shipped with the project) and from every ``*.yaml`` in the
+folder named by ``EVERGREEN_SPECS_DIR``. Parsing is cheap (pydantic + PyYAML) because the DAG factory
+does it at parse time; nothing here touches storage, the network or Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SHIPPED_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPECS_DIR_ENV = "EVERGREEN_SPECS_DIR"
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)]
+ColumnName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class SpecError(ValueError):
+    """A spec file is missing, unreadable or invalid; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskType(StrEnum):
+    BINARY_CLASSIFICATION = "binary_classification"
+    REGRESSION = "regression"
+
+
+class FeatureType(StrEnum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
+
+
+# Derived from the event timestamp (in the spec's timezone) by the feature ETL.
+TIME_FEATURES: dict[str, FeatureType] = {
+    "event_hour": FeatureType.NUMERIC,
+    "event_day_of_week": FeatureType.NUMERIC,
+    "is_weekend": FeatureType.BOOLEAN,
+}
+
+
+class SourceSpec(_Model):
+    """Where raw data comes from, relative to the storage root unless it is a full URI.
+
+    ``daily_files``: one file (or a glob of files) per day, ``path`` contains ``{ds}``.
+    ``historical``: one file holding many days, filtered to the run's day by the timestamp column.
+    """
+
+    kind: Literal["daily_files", "historical"] = "daily_files"
+    path: str
+    format: Literal["csv", "parquet"] = "parquet"
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> SourceSpec:
+        if self.kind == "daily_files" and "{ds}" not in self.path:
+            raise ValueError("a daily_files source needs '{ds}' in its path")
+        if self.kind == "historical" and "{ds}" in self.path:
+            raise ValueError("a historical source is one file: its path must not contain '{ds}'")
+        return self
+
+
+class FeatureSpec(_Model):
+    """A model input column and the data expectations that guard it."""
+
+    name: ColumnName
+    type: FeatureType
+    description: str = ""
+    nullable: bool = True
+    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    min: float | None = None
+    max: float | None = None
+    allowed_values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.type != FeatureType.NUMERIC and (self.min is not None or self.max is not None):
+            raise ValueError("min/max only apply to numeric features")
+        if self.allowed_values is not None and self.type != FeatureType.CATEGORICAL:
+            raise ValueError("allowed_values only apply to categorical features")
+        if not self.nullable and self.max_null_fraction > 0:
+            raise ValueError("a non-nullable feature cannot have max_null_fraction > 0")
+        return self
+
+
+class TargetSpec(_Model):
+    name: ColumnName
+    min: float | None = None
+    max: float | None = None
+
+
+class ScheduleSpec(_Model):
+    """When the ETL runs. ``cron`` covers one data interval (one day for ``@daily``)."""
+
+    cron: str = "@daily"
+    start_date: dt.date
+    timezone: str = "UTC"
+    training_cron: str = "0 3 * * *"
+    drift_sensor_cron: str = "*/30 * * * *"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
+class ExpectationsSpec(_Model):
+    """Table-level data expectations beyond those derived from the feature list."""
+
+    min_rows_per_day: int = Field(default=1, ge=0)
+    max_rows_per_day: int | None = Field(default=None, ge=1)
+    unique_keys: bool = True
+    timestamps_within_partition: bool = True
+
+
+class EtlSpec(_Model):
+    on_missing_day: Literal["fail", "skip"] = "fail"
+    sensor_timeout_minutes: float = Field(default=60.0, gt=0)
+    sensor_poke_seconds: float = Field(default=60.0, ge=1)
+    # Raw data for a day may arrive late; the sensor waits up to sensor_timeout_minutes.
+    time_features: bool = True
+
+
+class WindowSpec(_Model):
+    """The trailing training window ending at ``as_of`` (inclusive)."""
+
+    days: int = Field(default=28, ge=3)
+    holdout_days: int = Field(default=3, ge=1)
+    validation_days: int = Field(default=3, ge=1)
+    min_days: int = Field(default=7, ge=3)
+    max_missing_days: int = Field(default=7, ge=0)
+    min_rows: int = Field(default=500, ge=10)
+    max_rows_per_day: int | None = Field(default=None, ge=100)
+
+    @model_validator(mode="after")
+    def _fits(self) -> WindowSpec:
+        if self.holdout_days + self.validation_days >= self.min_days:
+            raise ValueError("holdout_days + validation_days must leave training days inside min_days")
+        if self.min_days > self.days:
+            raise ValueError("min_days cannot exceed days")
+        return self
+
+
+class ModelSpec(_Model):
+    """XGBoost parameters and the registered model's name (default: the spec name)."""
+
+    registered_name: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    num_boost_round: int = Field(default=300, ge=1)
+    early_stopping_rounds: int = Field(default=20, ge=1)
+    seed: int = 42
+
+
+class GatesSpec(_Model):
+    """Promotion gates. Metric names are the evaluation module's (roc_auc, rmse, ...)."""
+
+    primary_metric: str | None = None
+    absolute: dict[str, float] = Field(default_factory=dict)
+    min_lift_over_baseline: float = 0.0
+    max_regression_vs_champion: float = 0.0
+    slice_feature: str | None = None
+    min_slice_metric: float | None = None
+    max_slice_gap: float | None = None
+    min_slice_rows: int = Field(default=50, ge=1)
+
+
+class DriftSpec(_Model):
+    psi_threshold: float = Field(default=0.2, gt=0)
+    ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
+    missing_rate_delta: float = Field(default=0.1, gt=0, le=1)
+    max_drifted_share: float = Field(default=0.3, gt=0, le=1)
+    key_features: list[str] = Field(default_factory=list)
+    prediction_psi_threshold: float = Field(default=0.2, gt=0)
+    max_performance_drop: float = Field(default=0.05, ge=0)
+    consecutive_reports: int = Field(default=1, ge=1)
+    cooldown_hours: float = Field(default=24.0, ge=0)
+
+
+class SimulationSpec(_Model):
+    """How ``evergreen simulate`` lands demo data for this spec."""
+
+    generator: Literal["fraud", "delivery_eta"]
+    rows_per_day: int = Field(default=2000, ge=10)
+
+
+class PipelineSpec(_Model):
+    name: Identifier
+    description: str = ""
+    owner: str = "evergreen"
+    task_type: TaskType
+    source: SourceSpec
+    entity_keys: list[ColumnName] = Field(min_length=1)
+    timestamp_column: ColumnName
+    features: list[FeatureSpec] = Field(min_length=1)
+    target: TargetSpec
+    schedule: ScheduleSpec
+    expectations: ExpectationsSpec = ExpectationsSpec()
+    etl: EtlSpec = EtlSpec()
+    window: WindowSpec = WindowSpec()
+    model: ModelSpec = ModelSpec()
+    gates: GatesSpec = GatesSpec()
+    drift: DriftSpec = DriftSpec()
+    simulation: SimulationSpec | None = None
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _columns_consistent(self) -> PipelineSpec:
+        names = [f.name for f in self.features]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"features listed twice: {duplicated}")
+        reserved = {self.target.name, self.timestamp_column, *self.entity_keys}
+        clash = sorted(reserved.intersection(names))
+        if clash:
+            raise ValueError(f"features must not include the target, timestamp or keys: {clash}")
+        feature_names = set(names)
+        if self.gates.slice_feature and self.gates.slice_feature not in feature_names:
+            raise ValueError(f"gates.slice_feature {self.gates.slice_feature!r} is not a feature")
+        unknown = sorted(set(self.drift.key_features) - feature_names)
+        if unknown:
+            raise ValueError(f"drift.key_features are not features: {unknown}")
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.model.registered_name or self.name
+
+    @property
+    def primary_metric(self) -> str:
+        if self.gates.primary_metric:
+            return self.gates.primary_metric
+        return "roc_auc" if self.task_type == TaskType.BINARY_CLASSIFICATION else "rmse"
+
+    def feature(self, name: str) -> FeatureSpec:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Every column a raw partition must carry."""
+        return [*self.entity_keys, self.timestamp_column, *(f.name for f in self.features), self.target.name]
+
+    @property
+    def model_features(self) -> dict[str, FeatureType]:
+        """Columns the model sees, in order: spec features, then derived time features."""
+        types = {f.name: f.type for f in self.features}
+        if self.etl.time_features:
+            types.update(TIME_FEATURES)
+        return types
+
+    def dag_id(self, kind: str) -> str:
+        return f"{self.name}_{kind}"
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"invalid spec {path}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | os.PathLike[str]) -> PipelineSpec:
+    """Parse one spec file; raise SpecError naming the file and each bad field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec {path} must be a mapping at the top level")
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_error(path, exc)) from exc
+
+
+def spec_files(extra_dir: str | None = None) -> list[Path]:
+    """Shipped spec files plus those in ``EVERGREEN_SPECS_DIR`` (or ``extra_dir``)."""
+    folders = [SHIPPED_SPECS_DIR]
+    extra = extra_dir if extra_dir is not None else os.environ.get(SPECS_DIR_ENV)
+    if extra:
+        folder = Path(extra)
+        if not folder.is_dir():
+            raise SpecError(f"{SPECS_DIR_ENV}={extra} is not a folder")
+        folders.append(folder)
+    files: list[Path] = []
+    for folder in folders:
+        files.extend(sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")))
+    return files
+
+
+def load_specs(extra_dir: str | None = None) -> dict[str, PipelineSpec]:
+    """Every spec by name; two files declaring the same name is an error."""
+    specs: dict[str, PipelineSpec] = {}
+    origin: dict[str, Path] = {}
+    for path in spec_files(extra_dir):
+        spec = load_spec(path)
+        if spec.name in specs:
+            raise SpecError(f"spec name {spec.name!r} is declared by both {origin[spec.name]} and {path}")
+        specs[spec.name] = spec
+        origin[spec.name] = path
+    return specs
+
+
+def get_spec(name: str) -> PipelineSpec:
+    specs = load_specs()
+    try:
+        return specs[name]
+    except KeyError:
+        raise SpecError(f"no spec named {name!r}; known: {sorted(specs)}") from None

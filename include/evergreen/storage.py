@@ -1,0 +1,204 @@
+"""The storage layer: one root URI, date partitions, atomic publication with manifests.
+
+``EVERGREEN_STORAGE_ROOT`` is a local folder (default ``~/.evergreen/storage``) or ``s3://bucket/prefix``,
+reached through Airflow's ``ObjectStoragePath`` and the connection named by ``EVERGREEN_STORAGE_CONN_ID``
+(default ``aws_default``). Layout::
+
+    raw/<spec>/ds=YYYY-MM-DD/...               landing zone of the demo source
+    features/<spec>/ds=YYYY-MM-DD/part-*.parquet + _manifest.json
+    quarantine/<spec>/ds=YYYY-MM-DD/...        offending rows and the validation result
+
+A partition exists only once its ``_manifest.json`` does. Data files are named by their content hash and
+written before the manifest, so a reader following the manifest never sees half a partition, and a
+rewrite with the same content produces the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import ObjectStoragePath
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ROOT_ENV = "EVERGREEN_STORAGE_ROOT"
+CONN_ENV = "EVERGREEN_STORAGE_CONN_ID"
+DEFAULT_ROOT = "~/.evergreen/storage"
+MANIFEST = "_manifest.json"
+LOCAL_PROTOCOLS = {"", "file", "local"}
+
+
+def storage_root() -> ObjectStoragePath:
+    """The configured root as an ObjectStoragePath (read from the environment on every call)."""
+    raw = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    if "://" not in raw:
+        return ObjectStoragePath(Path(raw).expanduser().resolve().as_uri())
+    if raw.startswith("file://"):
+        return ObjectStoragePath(raw)
+    return ObjectStoragePath(raw, conn_id=os.environ.get(CONN_ENV, "aws_default"))
+
+
+def resolve(location: str) -> ObjectStoragePath:
+    """A full URI as is, anything else relative to the storage root."""
+    if "://" in location:
+        if location.startswith("file://"):
+            return ObjectStoragePath(location)
+        return ObjectStoragePath(location, conn_id=os.environ.get(CONN_ENV, "aws_default"))
+    return storage_root() / location
+
+
+def is_local(path: ObjectStoragePath) -> bool:
+    return path.protocol in LOCAL_PROTOCOLS
+
+
+def partition_key(ds: dt.date) -> str:
+    return f"ds={ds.isoformat()}"
+
+
+def partition_dir(zone: str, spec_name: str, ds: dt.date) -> ObjectStoragePath:
+    """``<root>/<zone>/<spec>/ds=YYYY-MM-DD``."""
+    return storage_root() / zone / spec_name / partition_key(ds)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes: same object, same bytes."""
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
+    """Write so a reader sees the old object or the new one, never a partial one.
+
+    An object-store PUT is atomic already; on a local filesystem write a sibling temp file and rename.
+    """
+    if is_local(path):
+        target = Path(path.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        fh.write(data)
+
+
+def write_json_atomic(path: ObjectStoragePath, obj: Any) -> str:
+    """Write canonical JSON atomically; return its sha256."""
+    data = canonical_json(obj)
+    write_bytes_atomic(path, data)
+    return sha256_bytes(data)
+
+
+def read_json(path: ObjectStoragePath) -> Any:
+    return json.loads(path.read_bytes())
+
+
+def read_manifest(directory: ObjectStoragePath) -> dict[str, Any] | None:
+    """The partition's manifest, or None if the partition is not published."""
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        return None
+    return read_json(manifest)
+
+
+def stage_data_file(directory: ObjectStoragePath, data: bytes, suffix: str = ".parquet") -> str:
+    """Write a data file named by its content hash inside a partition; invisible until published."""
+    name = f"part-{sha256_bytes(data)[:16]}{suffix}"
+    write_bytes_atomic(directory / name, data)
+    return name
+
+
+def publish(directory: ObjectStoragePath, manifest: Mapping[str, Any]) -> str:
+    """Commit a partition: write the manifest (the commit point), then drop files it does not list.
+
+    ``manifest["files"]`` lists the staged data files by name. Returns the manifest's sha256.
+    """
+    listed = {f["name"] for f in manifest.get("files", [])}
+    missing = sorted(name for name in listed if not (directory / name).exists())
+    if missing:
+        raise FileNotFoundError(f"cannot publish {directory}: staged files missing: {missing}")
+    digest = write_json_atomic(directory / MANIFEST, dict(manifest))
+    for child in directory.iterdir():
+        if child.name != MANIFEST and child.name not in listed and child.is_file():
+            child.unlink()
+    return digest
+
+
+def remove_tree(directory: ObjectStoragePath) -> None:
+    """Delete a partition folder and everything in it (no-op when absent)."""
+    if not directory.exists():
+        return
+    if is_local(directory):
+        import shutil
+
+        shutil.rmtree(directory.path)
+        return
+    directory.fs.rm(directory.path, recursive=True)
+
+
+def list_partitions(zone: str, spec_name: str, published_only: bool = True) -> dict[dt.date, ObjectStoragePath]:
+    """Partitions of a zone by date; by default only those with a manifest."""
+    base = storage_root() / zone / spec_name
+    if not base.exists():
+        return {}
+    found: dict[dt.date, ObjectStoragePath] = {}
+    for child in base.iterdir():
+        name = child.name
+        if not name.startswith("ds="):
+            continue
+        try:
+            ds = dt.date.fromisoformat(name[3:])
+        except ValueError:
+            continue
+        if published_only and not (child / MANIFEST).exists():
+            continue
+        found[ds] = child
+    return dict(sorted(found.items()))
+
+
+def read_partition_frame(directory: ObjectStoragePath, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """Read the data files a manifest lists, verifying each file's hash."""
+    import io
+
+    import pandas as pd
+
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"partition {directory} is not published (no {MANIFEST})")
+    frames = []
+    for entry in manifest["files"]:
+        data = (directory / entry["name"]).read_bytes()
+        if sha256_bytes(data) != entry["sha256"]:
+            raise ValueError(f"{directory / entry['name']} does not match its manifest hash")
+        frames.append(pd.read_parquet(io.BytesIO(data), columns=list(columns) if columns else None))
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
+
+
+def frame_to_parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """Deterministic Parquet bytes for a frame (no index, fixed compression, stable row groups)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=256_000, write_statistics=True)
+    return buffer.getvalue()
