@@ -1,0 +1,379 @@
+"""Holdout metrics, promotion gates and the challenger evaluation step.
+
+Gate semantics (all metric names are those of :data:`METRIC_DIRECTIONS`):
+
+* ``absolute``: each listed metric must be at least (higher-is-better) or at most (lower-is-better) its
+  threshold.
+* ``min_lift_over_baseline``: the challenger's primary metric must beat the simple baseline by at least
+  this *relative* improvement (0.0 = "not worse"); relative so one number means the same for AUC and RMSE.
+* ``max_regression_vs_champion``: the challenger may be at most this *relative* amount worse than the
+  current champion re-scored on the same holdout (skipped when there is no champion).
+* ``min_slice_metric`` / ``max_slice_gap``: per value of ``slice_feature`` (slices with fewer than
+  ``min_slice_rows`` rows ignored), the worst slice's primary metric must clear the threshold and the
+  best-to-worst spread must stay within the gap (both in the metric's own units).
+
+:func:`evaluate_gates` is pure; :func:`evaluate_challenger` does the I/O around it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evergreen.spec import PipelineSpec, TaskType
+
+HIGHER = "higher"
+LOWER = "lower"
+
+# Which way is better, per metric: the single source of truth for gates and champion comparison.
+METRIC_DIRECTIONS: dict[str, str] = {
+    "roc_auc": HIGHER,
+    "pr_auc": HIGHER,
+    "f1": HIGHER,
+    "accuracy": HIGHER,
+    "r2": HIGHER,
+    "rmse": LOWER,
+    "mae": LOWER,
+    "log_loss": LOWER,
+    "brier": LOWER,
+    "ece": LOWER,
+}
+CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1", "accuracy", "brier", "ece")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+GATES_ARTIFACT = "gates/gates.json"
+SLICE_MISSING = "__missing__"
+_EPS = 1e-12
+
+
+def higher_is_better(metric: str) -> bool:
+    """True when larger values of ``metric`` are better; KeyError for an unknown metric."""
+    try:
+        return METRIC_DIRECTIONS[metric] == HIGHER
+    except KeyError:
+        raise KeyError(f"unknown metric {metric!r}; known: {sorted(METRIC_DIRECTIONS)}") from None
+
+
+def improvement(metric: str, new: float, reference: float) -> float:
+    """``new - reference`` oriented so positive always means ``new`` is better."""
+    return (new - reference) if higher_is_better(metric) else (reference - new)
+
+
+def relative_improvement(metric: str, new: float, reference: float) -> float:
+    """:func:`improvement` as a fraction of ``|reference|`` (guarded against a zero reference)."""
+    return improvement(metric, new, reference) / max(abs(reference), _EPS)
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, bins: int = 10) -> float:
+    """Equal-width-bin ECE: sum over bins of |observed rate - mean score| weighted by bin share."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if len(y_true) == 0:
+        return float("nan")
+    # Bin index in 0..bins-1; a score of exactly 1.0 belongs in the last bin.
+    idx = np.minimum((y_prob * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            total += mask.mean() * abs(y_true[mask].mean() - y_prob[mask].mean())
+    return float(total)
+
+
+def compute_metrics(task_type: TaskType | str, y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Holdout metrics for the task; ``y_pred`` is P(y=1) for classification, values for regression.
+
+    AUC-type metrics are left out when ``y_true`` holds a single class (they are undefined).
+    """
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} rows, y_pred {len(y_pred)}")
+    if len(y_true) == 0:
+        raise ValueError("cannot compute metrics on zero rows")
+    if TaskType(task_type) == TaskType.REGRESSION:
+        return {
+            "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
+            "mae": float(np.mean(np.abs(y_true - y_pred))),
+            "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan"),
+        }
+    labels = y_true.astype(int)
+    prob = np.clip(y_pred, 0.0, 1.0)
+    hard = (prob >= 0.5).astype(int)
+    out: dict[str, float] = {}
+    if len(np.unique(labels)) == 2:
+        out["roc_auc"] = float(skm.roc_auc_score(labels, prob))
+        out["pr_auc"] = float(skm.average_precision_score(labels, prob))
+    out["log_loss"] = float(skm.log_loss(labels, prob, labels=[0, 1]))
+    out["f1"] = float(skm.f1_score(labels, hard, zero_division=0))
+    out["accuracy"] = float(skm.accuracy_score(labels, hard))
+    out["brier"] = float(skm.brier_score_loss(labels, prob))
+    out["ece"] = expected_calibration_error(labels, prob)
+    return out
+
+
+def slice_values(values: pd.Series) -> pd.Series:
+    """Slice labels as strings (missing -> ``__missing__``) so JSON keys are stable across dtypes."""
+    labels = values.astype("object").map(str)
+    return labels.where(values.notna(), SLICE_MISSING)
+
+
+def compute_slice_metrics(
+    task_type: TaskType | str, slices: pd.Series, y_true: Any, y_pred: Any, *, min_rows: int
+) -> dict[str, dict[str, float]]:
+    """Metrics per slice value with ``rows``; slices under ``min_rows`` rows are left out."""
+    labels = slice_values(pd.Series(slices).reset_index(drop=True))
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    out: dict[str, dict[str, float]] = {}
+    for value in sorted(labels.unique()):
+        mask = (labels == value).to_numpy()
+        rows = int(mask.sum())
+        if rows < min_rows:
+            continue
+        out[value] = {"rows": rows, **compute_metrics(task_type, y_true[mask], y_pred[mask])}
+    return out
+
+
+@dataclass
+class GateResult:
+    """One gate's outcome; ``value``/``threshold`` are None when not applicable (e.g. skipped)."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class GateReport:
+    """All gates; ``beats_champion`` is None when there is no champion to beat."""
+
+    passed: bool
+    gates: list[GateResult]
+    primary_metric: str
+    beats_champion: bool | None
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] | None = None
+    slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failed"] = [g.name for g in self.failed]
+        return _json_safe(out)
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _at_least(metric: str, value: float, threshold: float) -> bool:
+    return value >= threshold if higher_is_better(metric) else value <= threshold
+
+
+def evaluate_gates(
+    spec: PipelineSpec,
+    challenger_metrics: Mapping[str, float],
+    baseline_metrics: Mapping[str, float],
+    champion_metrics: Mapping[str, float] | None,
+    slice_metrics: Mapping[str, Mapping[str, float]],
+) -> GateReport:
+    """Apply ``spec.gates`` to already-computed metrics (pure: no I/O, no MLflow)."""
+    gates_spec = spec.gates
+    primary = spec.primary_metric
+    higher_is_better(primary)  # fail loudly on a typo in the spec's primary metric
+    gates: list[GateResult] = []
+    value = challenger_metrics.get(primary)
+
+    gates.append(
+        GateResult(
+            f"primary_metric:{primary}", value, None, _finite(value),
+            "challenger primary metric is finite" if _finite(value) else "primary metric missing or not finite",
+        )
+    )
+
+    for metric, threshold in sorted(gates_spec.absolute.items()):
+        got = challenger_metrics.get(metric)
+        op = ">=" if higher_is_better(metric) else "<="
+        ok = _finite(got) and _at_least(metric, float(got), threshold)
+        gates.append(GateResult(f"absolute:{metric}", got, threshold, ok, f"{metric} {op} {threshold}"))
+
+    base = baseline_metrics.get(primary)
+    if _finite(value) and _finite(base):
+        lift = relative_improvement(primary, float(value), float(base))
+        ok = lift >= gates_spec.min_lift_over_baseline
+        detail = f"relative lift of {primary} over baseline ({base:.6g}) >= {gates_spec.min_lift_over_baseline}"
+        gates.append(GateResult("lift_over_baseline", lift, gates_spec.min_lift_over_baseline, ok, detail))
+    else:
+        gates.append(GateResult("lift_over_baseline", None, gates_spec.min_lift_over_baseline, False,
+                                f"baseline or challenger {primary} missing"))
+
+    beats: bool | None = None
+    champ = champion_metrics.get(primary) if champion_metrics is not None else None
+    if champion_metrics is None:
+        gates.append(GateResult("no_regression_vs_champion", None, gates_spec.max_regression_vs_champion,
+                                True, "no champion: skipped"))
+    elif not (_finite(value) and _finite(champ)):
+        beats = False
+        gates.append(GateResult("no_regression_vs_champion", None, gates_spec.max_regression_vs_champion,
+                                False, f"champion or challenger {primary} missing"))
+    else:
+        regression = -relative_improvement(primary, float(value), float(champ))
+        ok = regression <= gates_spec.max_regression_vs_champion
+        # Strictly better to move the champion: an equal model is not worth the churn.
+        beats = improvement(primary, float(value), float(champ)) > 0
+        detail = (f"relative regression of {primary} vs champion ({champ:.6g}) "
+                  f"<= {gates_spec.max_regression_vs_champion}")
+        gates.append(GateResult("no_regression_vs_champion", regression,
+                                gates_spec.max_regression_vs_champion, ok, detail))
+
+    if gates_spec.slice_feature and (gates_spec.min_slice_metric is not None or gates_spec.max_slice_gap is not None):
+        # Slices below min_slice_rows are too noisy to gate on (compute_slice_metrics drops them already).
+        scored = {k: float(m[primary]) for k, m in slice_metrics.items()
+                  if _finite(m.get(primary)) and m.get("rows", gates_spec.min_slice_rows) >= gates_spec.min_slice_rows}
+        if not scored:
+            for name, threshold in (("min_slice_metric", gates_spec.min_slice_metric),
+                                    ("max_slice_gap", gates_spec.max_slice_gap)):
+                if threshold is not None:
+                    gates.append(GateResult(name, None, threshold, True,
+                                            f"no {gates_spec.slice_feature} slice with enough rows: skipped"))
+        else:
+            pick = min if higher_is_better(primary) else max
+            worst_key = pick(scored, key=lambda k: scored[k])
+            worst = scored[worst_key]
+            if gates_spec.min_slice_metric is not None:
+                ok = _at_least(primary, worst, gates_spec.min_slice_metric)
+                gates.append(GateResult("min_slice_metric", worst, gates_spec.min_slice_metric, ok,
+                                        f"worst {gates_spec.slice_feature} slice {worst_key!r} {primary}"))
+            if gates_spec.max_slice_gap is not None:
+                gap = max(scored.values()) - min(scored.values())
+                ok = gap <= gates_spec.max_slice_gap
+                gates.append(GateResult("max_slice_gap", gap, gates_spec.max_slice_gap, ok,
+                                        f"best-worst {primary} spread across {len(scored)} "
+                                        f"{gates_spec.slice_feature} slices"))
+
+    return GateReport(
+        passed=all(g.passed for g in gates),
+        gates=gates,
+        primary_metric=primary,
+        beats_champion=beats,
+        challenger_metrics=dict(challenger_metrics),
+        baseline_metrics=dict(baseline_metrics),
+        champion_metrics=dict(champion_metrics) if champion_metrics is not None else None,
+        slice_metrics={k: dict(v) for k, v in slice_metrics.items()},
+    )
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON types; NaN/inf become None (JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _known_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k in METRIC_DIRECTIONS}
+
+
+def _score(model_uri: str, holdout: pd.DataFrame) -> np.ndarray:
+    """Predict with a logged pyfunc on the columns its signature asks for."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    schema = model.metadata.get_input_schema()
+    frame = holdout[schema.input_names()] if schema is not None else holdout
+    return np.asarray(model.predict(frame), dtype=float).reshape(-1)
+
+
+def current_champion(client: Any, model_name: str) -> Any | None:
+    """The ModelVersion behind ``@champion``, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return None
+
+
+def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
+    """Score challenger and current champion on the challenger's holdout, apply the gates, record them.
+
+    The champion is loaded by version number (read once from the alias) so the report names exactly
+    the model it was compared against; the registry's compare-and-set relies on that.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from evergreen import storage
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
+        holdout = pd.read_parquet(Path(local))
+    y_true = holdout[spec.target.name].to_numpy(dtype=float)
+
+    model_uri = tags.get("evergreen.model_uri") or f"runs:/{run_id}/model"
+    challenger_pred = _score(model_uri, holdout)
+    challenger_metrics = compute_metrics(spec.task_type, y_true, challenger_pred)
+
+    baseline_run_id = tags.get("evergreen.baseline_run_id")
+    baseline_metrics = _known_metrics(client.get_run(baseline_run_id).data.metrics) if baseline_run_id else {}
+
+    champion = current_champion(client, spec.registered_model_name)
+    champion_metrics: dict[str, float] | None = None
+    if champion is not None:
+        # A champion that cannot score this holdout (e.g. the feature list changed) raises: an operator
+        # must decide, silently treating it as "no champion" would auto-promote anything.
+        champion_pred = _score(f"models:/{spec.registered_model_name}/{champion.version}", holdout)
+        champion_metrics = compute_metrics(spec.task_type, y_true, champion_pred)
+
+    slice_metrics: dict[str, dict[str, float]] = {}
+    slice_feature = spec.gates.slice_feature
+    if slice_feature:
+        slice_metrics = compute_slice_metrics(spec.task_type, holdout[slice_feature], y_true, challenger_pred,
+                                              min_rows=spec.gates.min_slice_rows)
+
+    report = evaluate_gates(spec, challenger_metrics, baseline_metrics, champion_metrics, slice_metrics)
+    result: dict[str, Any] = {
+        **report.to_dict(),
+        "spec": spec.name,
+        "run_id": run_id,
+        "baseline_run_id": baseline_run_id,
+        "model_name": spec.registered_model_name,
+        "champion_version": str(champion.version) if champion is not None else None,
+        "champion_run_id": champion.run_id if champion is not None else None,
+        "holdout_rows": len(holdout),
+        "data_digest": tags.get("evergreen.data_digest"),
+        "as_of": tags.get("evergreen.as_of"),
+    }
+    result = _json_safe(result)
+    client.log_dict(run_id, result, GATES_ARTIFACT)
+    client.set_tag(run_id, "evergreen.gates_passed", str(report.passed).lower())
+    storage.write_json_atomic(
+        storage.storage_root() / "models" / spec.name / "decisions" / run_id / "gates.json", result
+    )
+    return result

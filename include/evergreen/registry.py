@@ -1,0 +1,380 @@
+"""Model registry decisions: register, promote (compare-and-set on the ``champion`` alias), roll back.
+
+Aliases (never the deprecated stages): ``champion`` serves, ``previous_champion`` is the rollback target,
+``challenger`` is the latest registered candidate.
+
+Every decision is one JSON file ``models/<spec>/decisions/<UTC timestamp>-<kind>-<id>.json`` in storage
+(object-store appends are not atomic, single-object PUTs are), so :func:`decision_history` and
+:func:`champion_on` can answer "which version served at time X and why". Decision timestamps are passed
+in (``decided_at``, e.g. the Airflow logical date) so a rerun rewrites the same file instead of adding one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from evergreen import storage
+from evergreen.errors import EvergreenError
+from evergreen.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS_CHAMPION = "previous_champion"
+CHALLENGER = "challenger"
+# Wait between moving the alias and verifying it (see _compare_and_set_champion); tests shorten it.
+CAS_SETTLE_SECONDS = 2.0
+CHAMPION_CHANGING_KINDS = frozenset({"promoted", "rolled_back"})
+_MAX_TAG = 5000
+# Run tags that describe the run's own lifecycle, not its lineage: not copied onto the model version.
+_NOT_LINEAGE = {"evergreen.role", "evergreen.decision", "evergreen.rejection_reasons", "evergreen.decided_at"}
+
+
+class RegistryError(EvergreenError):
+    """A registry operation cannot be carried out as asked (e.g. nothing to roll back to)."""
+
+
+# ------------------------------------------------------------------------------------ decision log
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime:
+    """Aware UTC datetime; naive input is taken to be UTC already."""
+    if moment is None:
+        return dt.datetime.now(dt.UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
+def decisions_dir(spec: PipelineSpec) -> Any:
+    return storage.storage_root() / "models" / spec.name / "decisions"
+
+
+def _decision_file_name(decided_at: dt.datetime, kind: str, ident: str) -> str:
+    # Fixed-width UTC timestamp first, so lexical order is time order.
+    safe = re.sub(r"[^A-Za-z0-9_.]+", "_", ident) or "none"
+    return f"{decided_at:%Y%m%dT%H%M%S%fZ}-{kind}-{safe}.json"
+
+
+def record_decision(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
+    """Write one decision file (atomically; same decision, same name: reruns overwrite, not duplicate)."""
+    decided_at = _utc(dt.datetime.fromisoformat(record["decided_at"]))
+    ident = str(record.get("version") or (record.get("run_id") or "")[:12])
+    name = _decision_file_name(decided_at, record["kind"], ident)
+    record = {**record, "decision_file": name}
+    storage.write_json_atomic(decisions_dir(spec) / name, record)
+    return record
+
+
+def decision_history(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """All recorded decisions, oldest first (ties broken by file name)."""
+    directory = decisions_dir(spec)
+    if not directory.exists():
+        return []
+    files = sorted((p for p in directory.iterdir() if p.is_file() and p.name.endswith(".json")),
+                   key=lambda p: p.name)
+    records = [storage.read_json(p) for p in files]
+    return sorted(records, key=lambda r: (_utc(dt.datetime.fromisoformat(r["decided_at"])), r["decision_file"]))
+
+
+def champion_on(spec: PipelineSpec, when: dt.datetime) -> dict[str, Any] | None:
+    """The champion at ``when`` per the decision log: version, since when, and the deciding record."""
+    when = _utc(when)
+    current: dict[str, Any] | None = None
+    for record in decision_history(spec):
+        if _utc(dt.datetime.fromisoformat(record["decided_at"])) > when:
+            break
+        if record["kind"] in CHAMPION_CHANGING_KINDS and record.get("champion_after"):
+            current = record
+    if current is None:
+        return None
+    return {
+        "version": current["champion_after"],
+        "since": current["decided_at"],
+        "kind": current["kind"],
+        "run_id": current.get("run_id"),
+        "actor": current.get("actor"),
+        "reasons": current.get("reasons", []),
+        "decision": current,
+    }
+
+
+# ----------------------------------------------------------------------------------- registry I/O
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _alias_version(client: Any, name: str, alias: str) -> str | None:
+    """Version behind ``alias``, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int = 3) -> None:
+    """Point ``alias`` at ``version``, retrying a lost insert race.
+
+    MLflow's SQL store inserts an alias row the first time it is set; two concurrent first-time sets of
+    the same alias make one fail on the unique constraint. The alias then exists, so a retry updates it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _gate_summary(gate_report: Mapping[str, Any]) -> dict[str, Any]:
+    primary = gate_report.get("primary_metric")
+    metrics = gate_report.get("challenger_metrics") or {}
+    champion_metrics = gate_report.get("champion_metrics") or {}
+    return {
+        "passed": bool(gate_report.get("passed")),
+        "failed": list(gate_report.get("failed", [])),
+        "primary_metric": primary,
+        "challenger": metrics.get(primary) if primary else None,
+        "champion": champion_metrics.get(primary) if primary else None,
+        "champion_version": gate_report.get("champion_version"),
+        "beats_champion": gate_report.get("beats_champion"),
+    }
+
+
+def _rejection_reasons(gate_report: Mapping[str, Any]) -> list[str]:
+    reasons = []
+    for gate in gate_report.get("gates", []):
+        if not gate.get("passed"):
+            reasons.append(f"{gate['name']}: {gate.get('detail', '')} (value={gate.get('value')}, "
+                           f"threshold={gate.get('threshold')})")
+    return reasons or ["gate report did not pass"]
+
+
+def _find_or_register(client: Any, name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
+    """The version registered from ``run_id``; registers it once (a retried task must not add versions)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        existing = []
+    if existing:
+        return str(min(int(v.version) for v in existing))
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    return str(version.version)
+
+
+def _tag_version(client: Any, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value)[:_MAX_TAG])
+
+
+def _compare_and_set_champion(client: Any, name: str, expected: str | None, version: str,
+                              settle_seconds: float) -> tuple[bool, str | None, list[str], float]:
+    """Move ``champion`` from ``expected`` to ``version`` unless someone else moved it first.
+
+    MLflow has no conditional alias update and no registry lock, so this is read-compare-set, then wait
+    ``settle_seconds`` and re-read. Contenders that evaluated against the same old champion all read it
+    before the first of them moves the alias (a later reader sees the move and backs off), so each one's
+    own read-to-set time bounds when the last set can land; waiting longer than that before verifying
+    means every contender verifies the same final value and exactly one sees itself. Remaining race,
+    honestly: a contender stalled between its read and its set for longer than ``settle_seconds`` (GC
+    pause, network stall) can overwrite the alias after the winner verified; both would then report a
+    promotion, the registry keeps the later one. We log that case (``read_to_set_seconds``) for audit.
+    Readers may also briefly see a losing contender as champion between its set and the winner's.
+
+    Returns (won, champion now, reasons, read-to-set seconds).
+    """
+    from mlflow.exceptions import MlflowException
+
+    started = time.monotonic()
+    current = _alias_version(client, name, CHAMPION)
+    if current == version:
+        return True, current, ["already champion (retried promotion)"], 0.0
+    if current != expected:
+        return False, current, [f"champion changed concurrently: evaluated against {expected}, found {current}"], 0.0
+    if current is not None:
+        # previous_champion first, then champion: set_registered_model_alias overwrites in place, so
+        # there is never a moment without a champion, and rollback always has a target.
+        _set_alias(client, name, PREVIOUS_CHAMPION, current)
+    try:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    except MlflowException:
+        # With no champion yet, a concurrent first promotion can win the alias insert: we lost.
+        now = _alias_version(client, name, CHAMPION)
+        if now in (None, expected):
+            raise
+        return False, now, [f"champion changed concurrently: lost to version {now}"], time.monotonic() - started
+    read_to_set = time.monotonic() - started
+    if read_to_set > settle_seconds:
+        log.warning("champion CAS for %s v%s took %.2fs from read to set (> settle %.2fs): a concurrent "
+                    "promotion may not be detected", name, version, read_to_set, settle_seconds)
+    time.sleep(settle_seconds)
+    final = _alias_version(client, name, CHAMPION)
+    if final != version:
+        return False, final, [f"champion changed concurrently: lost to version {final}"], read_to_set
+    return True, final, [], read_to_set
+
+
+# -------------------------------------------------------------------------------------- decisions
+
+
+def promote_if_better(
+    spec: PipelineSpec,
+    run_id: str,
+    gate_report: Mapping[str, Any],
+    *,
+    dry_run: bool,
+    actor: str,
+    decided_at: dt.datetime | None = None,
+    settle_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Register a challenger that passed its gates and make it champion if it beat the evaluated champion.
+
+    Decision kinds: ``rejected`` (gates failed, nothing registered), ``registered`` (passed but did not
+    beat the champion, or the champion moved since evaluation), ``promoted``, ``dry_run`` (storage record
+    only, ``outcome`` says what would have happened). Returns the recorded decision.
+    """
+    decided = _utc(decided_at)
+    settle = CAS_SETTLE_SECONDS if settle_seconds is None else settle_seconds
+    name = spec.registered_model_name
+    expected = gate_report.get("champion_version")
+    expected = str(expected) if expected is not None else None
+    passed = bool(gate_report.get("passed"))
+    beats = expected is None or bool(gate_report.get("beats_champion"))
+    client = _client()
+    champion_before = _alias_version(client, name, CHAMPION)
+    record: dict[str, Any] = {
+        "spec": spec.name,
+        "model_name": name,
+        "run_id": run_id,
+        "version": None,
+        "actor": actor,
+        "decided_at": decided.isoformat(),
+        "dry_run": dry_run,
+        "gates": _gate_summary(gate_report),
+        "champion_evaluated_against": expected,
+        "champion_before": champion_before,
+        "champion_after": champion_before,
+        "reasons": [],
+    }
+
+    if dry_run:
+        if not passed:
+            outcome, reasons = "would_reject", _rejection_reasons(gate_report)
+        elif not beats:
+            outcome, reasons = "would_register", [f"does not beat champion {expected}"]
+        elif champion_before != expected:
+            outcome, reasons = "would_register", [f"champion changed since evaluation ({expected} -> {champion_before})"]
+        else:
+            outcome, reasons = "would_promote", []
+        return record_decision(spec, {**record, "kind": "dry_run", "outcome": outcome, "reasons": reasons})
+
+    if not passed:
+        reasons = _rejection_reasons(gate_report)
+        client.set_tag(run_id, "evergreen.decision", "rejected")
+        client.set_tag(run_id, "evergreen.rejection_reasons", "; ".join(reasons)[:_MAX_TAG])
+        client.set_tag(run_id, "evergreen.decided_at", decided.isoformat())
+        return record_decision(spec, {**record, "kind": "rejected", "reasons": reasons})
+
+    run = client.get_run(run_id)
+    run_tags = run.data.tags
+    model_uri = run_tags.get("evergreen.model_uri") or f"runs:/{run_id}/model"
+    summary = record["gates"]
+    version_tags = {
+        **{k: v[:_MAX_TAG] for k, v in run_tags.items() if k.startswith("evergreen.") and k not in _NOT_LINEAGE},
+        "evergreen.run_id": run_id,
+        "evergreen.gates_passed": "true",
+        "evergreen.primary_metric": str(summary["primary_metric"]),
+        "evergreen.primary_metric_value": str(summary["challenger"]),
+        "evergreen.champion_evaluated_against": str(expected),
+    }
+    version = _find_or_register(client, name, run_id, model_uri, version_tags)
+    _tag_version(client, name, version, version_tags)
+    _set_alias(client, name, CHALLENGER, version)
+    record["version"] = version
+
+    if not beats:
+        kind = "registered"
+        reasons = [f"passed the gates but does not beat champion {expected} on {summary['primary_metric']}"]
+        champion_after = _alias_version(client, name, CHAMPION)
+        read_to_set = 0.0
+    else:
+        won, champion_after, reasons, read_to_set = _compare_and_set_champion(client, name, expected, version, settle)
+        kind = "promoted" if won else "registered"
+        if won and _alias_version(client, name, CHALLENGER) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    decision_tags = {"evergreen.decision": kind, "evergreen.decided_at": decided.isoformat(),
+                     "evergreen.decided_by": actor}
+    _tag_version(client, name, version, decision_tags)
+    client.set_tag(run_id, "evergreen.decision", kind)
+    client.set_tag(run_id, "evergreen.decided_at", decided.isoformat())
+    return record_decision(spec, {
+        **record,
+        "kind": kind,
+        "reasons": reasons,
+        "champion_after": champion_after,
+        "previous_champion": _alias_version(client, name, PREVIOUS_CHAMPION),
+        "read_to_set_seconds": round(read_to_set, 3),
+    })
+
+
+def rollback(
+    spec: PipelineSpec,
+    *,
+    target_version: str | None = None,
+    actor: str,
+    reason: str,
+    decided_at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Make ``target_version`` (default: ``previous_champion``) champion; the old champion becomes
+    ``previous_champion``. Versions and history are kept; returns the ``rolled_back`` decision."""
+    decided = _utc(decided_at)
+    name = spec.registered_model_name
+    client = _client()
+    current = _alias_version(client, name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"{name} has no champion to roll back")
+    target = str(target_version) if target_version is not None else _alias_version(client, name, PREVIOUS_CHAMPION)
+    if target is None:
+        raise RegistryError(f"{name} has no {PREVIOUS_CHAMPION}; pass target_version explicitly")
+    if target == current:
+        raise RegistryError(f"version {target} of {name} is already the champion")
+    client.get_model_version(name, target)  # raises if the version does not exist
+    _set_alias(client, name, PREVIOUS_CHAMPION, current)
+    _set_alias(client, name, CHAMPION, target)
+    _tag_version(client, name, target, {"evergreen.decision": "rolled_back", "evergreen.decided_at": decided.isoformat(),
+                                        "evergreen.decided_by": actor, "evergreen.rollback_reason": reason})
+    _tag_version(client, name, current, {"evergreen.rolled_back_at": decided.isoformat(),
+                                         "evergreen.rollback_reason": reason})
+    version = client.get_model_version(name, target)
+    return record_decision(spec, {
+        "spec": spec.name,
+        "model_name": name,
+        "kind": "rolled_back",
+        "run_id": version.run_id,
+        "version": target,
+        "actor": actor,
+        "decided_at": decided.isoformat(),
+        "dry_run": False,
+        "champion_before": current,
+        "champion_after": target,
+        "previous_champion": current,
+        "reasons": [reason],
+    })

@@ -1,0 +1,681 @@
+"""Training: pick the data window, build features, train the XGBoost challenger and its baseline.
+
+Everything the run depends on is pinned and logged: the window is a list of published partitions with
+their manifest hashes (``data_digest``), the split is by day, row caps are hash-based and XGBoost runs
+with a fixed seed and thread count, so the same inputs give the same metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Generator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from evergreen import __version__, storage
+from evergreen.errors import DataQualityError
+from evergreen.evaluation import HOLDOUT_ARTIFACT, compute_metrics
+from evergreen.spec import FeatureType, PipelineSpec, TaskType
+
+FEATURES_ZONE = "features"
+PREDICTION_COLUMN = "prediction"
+CODE_VERSION_ENV = "EVERGREEN_CODE_VERSION"
+DEFAULT_NTHREAD = 4  # fixed, not cpu_count(): the thread count must not depend on the worker's size
+MAX_TAG_VALUE = 5000
+
+
+# ------------------------------------------------------------------------------------------ window
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The published partitions a training run uses and their time-ordered split (JSON via to_dict)."""
+
+    spec: str
+    as_of: dt.date
+    start: dt.date
+    partitions: list[dt.date]
+    missing_days: list[dt.date]
+    data_digest: str
+    rows: int
+    train_days: list[dt.date]
+    validation_days: list[dt.date]
+    holdout_days: list[dt.date]
+    # ds -> manifest content_sha256: loading re-checks these so the digest describes what was read.
+    content_hashes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("as_of", "start"):
+            out[key] = out[key].isoformat()
+        for key in ("partitions", "missing_days", "train_days", "validation_days", "holdout_days"):
+            out[key] = [d.isoformat() for d in out[key]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingWindow:
+        def days(key: str) -> list[dt.date]:
+            return [dt.date.fromisoformat(d) for d in data[key]]
+
+        return cls(
+            spec=data["spec"],
+            as_of=dt.date.fromisoformat(data["as_of"]),
+            start=dt.date.fromisoformat(data["start"]),
+            partitions=days("partitions"),
+            missing_days=days("missing_days"),
+            data_digest=data["data_digest"],
+            rows=int(data["rows"]),
+            train_days=days("train_days"),
+            validation_days=days("validation_days"),
+            holdout_days=days("holdout_days"),
+            content_hashes=dict(data.get("content_hashes", {})),
+        )
+
+    @property
+    def partitions_summary(self) -> str:
+        """Compact form for tags: ``first..last (n days)``."""
+        if not self.partitions:
+            return "(none)"
+        return f"{self.partitions[0]}..{self.partitions[-1]} ({len(self.partitions)} days)"
+
+
+def data_digest(pairs: Mapping[str, str]) -> str:
+    """sha256 over the sorted ``(ds, content_sha256)`` pairs."""
+    return storage.sha256_bytes(storage.canonical_json(sorted([ds, sha] for ds, sha in pairs.items())))
+
+
+def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = None) -> TrainingWindow:
+    """Choose the published partitions in ``(as_of - days, as_of]`` and split them by day (manifests only).
+
+    Days before the pipeline's history starts (``schedule.start_date`` or the first partition, whichever
+    is earlier) are not counted as missing, so a young pipeline can train once it has ``min_days``.
+    """
+    cfg = spec.window
+    days = window_days if window_days is not None else cfg.days
+    if days < 1:
+        raise ValueError(f"window_days must be positive, got {days}")
+    start = as_of - dt.timedelta(days=days - 1)
+    found = storage.list_partitions(FEATURES_ZONE, spec.name)
+    # Never look past as_of: a backfill for an old date must not see data from its future.
+    in_window = {ds: path for ds, path in found.items() if start <= ds <= as_of}
+
+    hashes: dict[str, str] = {}
+    rows_by_day: dict[dt.date, int] = {}
+    for ds, path in sorted(in_window.items()):
+        manifest = storage.read_manifest(path)
+        if manifest is None:  # unpublished between listing and reading
+            continue
+        hashes[ds.isoformat()] = str(manifest["content_sha256"])
+        rows = int(manifest["rows"])
+        rows_by_day[ds] = min(rows, cfg.max_rows_per_day) if cfg.max_rows_per_day else rows
+    present = sorted(rows_by_day)
+
+    history_start = min([spec.schedule.start_date, *present[:1]])
+    expected_from = max(start, history_start)
+    missing = [
+        expected_from + dt.timedelta(days=i)
+        for i in range((as_of - expected_from).days + 1)
+        if expected_from + dt.timedelta(days=i) not in rows_by_day
+    ]
+    rows = sum(rows_by_day.values())
+    where = f"{spec.name} window {start}..{as_of}"
+    if len(present) < cfg.min_days:
+        raise DataQualityError(f"{where}: {len(present)} published feature partitions, need at least {cfg.min_days}")
+    if len(missing) > cfg.max_missing_days:
+        shown = ", ".join(d.isoformat() for d in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise DataQualityError(
+            f"{where}: {len(missing)} days missing (max_missing_days={cfg.max_missing_days}): {shown}"
+        )
+    if rows < cfg.min_rows:
+        raise DataQualityError(f"{where}: {rows} rows in {len(present)} partitions, need at least {cfg.min_rows}")
+
+    holdout = present[-cfg.holdout_days:]
+    validation = present[-(cfg.holdout_days + cfg.validation_days):-cfg.holdout_days]
+    train = present[: -(cfg.holdout_days + cfg.validation_days)]
+    return TrainingWindow(
+        spec=spec.name,
+        as_of=as_of,
+        start=start,
+        partitions=present,
+        missing_days=missing,
+        data_digest=data_digest(hashes),
+        rows=rows,
+        train_days=train,
+        validation_days=validation,
+        holdout_days=holdout,
+        content_hashes=hashes,
+    )
+
+
+def _cap_rows(frame: pd.DataFrame, keys: list[str], cap: int) -> pd.DataFrame:
+    """Keep the ``cap`` rows with the smallest entity-key hash: deterministic, unbiased, no RNG state."""
+    if len(frame) <= cap:
+        return frame
+    key_hash = pd.util.hash_pandas_object(frame[keys].astype("str"), index=False).to_numpy()
+    keep = np.sort(np.argsort(key_hash, kind="stable")[:cap])
+    return frame.iloc[keep]
+
+
+def _derive_time_features(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    """Fill in derived time features when a partition lacks them (same rules as the feature ETL)."""
+    wanted = [c for c in ("event_hour", "event_day_of_week", "is_weekend") if c in spec.model_features]
+    if not spec.etl.time_features or all(c in frame.columns for c in wanted):
+        return frame
+    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
+    frame = frame.copy()
+    frame["event_hour"] = local.dt.hour.astype("float64")
+    frame["event_day_of_week"] = local.dt.day_of_week.astype("float64")
+    frame["is_weekend"] = (local.dt.day_of_week >= 5).astype("boolean")
+    return frame
+
+
+def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
+    """One published partition with the columns training needs, file hashes verified, capped if configured."""
+    directory = storage.partition_dir(FEATURES_ZONE, spec.name, ds)
+    manifest = storage.read_manifest(directory)
+    if manifest is None:
+        raise DataQualityError(f"{spec.name} feature partition ds={ds} is not published")
+    if expected_sha is not None and manifest["content_sha256"] != expected_sha:
+        raise DataQualityError(
+            f"{spec.name} ds={ds} was republished after the window was selected "
+            f"({expected_sha[:12]} -> {str(manifest['content_sha256'])[:12]}); select the window again"
+        )
+    try:
+        frame = storage.read_partition_frame(directory)
+    except ValueError as exc:  # hash mismatch
+        raise DataQualityError(str(exc)) from exc
+    frame = _derive_time_features(frame, spec)
+    wanted = [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
+    absent = [c for c in wanted if c not in frame.columns]
+    if absent:
+        raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
+    frame = frame[wanted]
+    if spec.window.max_rows_per_day:
+        frame = _cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
+    # Sorting makes the row order independent of how the ETL split the day into files.
+    return frame.sort_values([spec.timestamp_column, *spec.entity_keys], kind="stable").reset_index(drop=True)
+
+
+def load_window_frames(spec: PipelineSpec, window: TrainingWindow) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, holdout) frames of the window's partitions, verified against its hashes."""
+
+    def load(days: list[dt.date]) -> pd.DataFrame:
+        frames = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in days]
+        return pd.concat(frames, ignore_index=True)
+
+    return load(window.train_days), load(window.validation_days), load(window.holdout_days)
+
+
+# ------------------------------------------------------------------------------- feature matrix
+# The code below is pickled *by value* into the pyfunc model (see _pickle_by_value), so it must only
+# use numpy/pandas/xgboost/mlflow: the model then loads where neither Airflow nor evergreen is installed.
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Model columns in order, their kind and the category list fixed from the training data."""
+
+    columns: tuple[str, ...]
+    kinds: dict[str, str]
+    categories: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "kinds": dict(self.kinds), "categories": dict(self.categories)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
+        return cls(tuple(data["columns"]), dict(data["kinds"]), {k: list(v) for k, v in data["categories"].items()})
+
+
+def _as_float(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype("Float64")
+    elif not pd.api.types.is_numeric_dtype(values):
+        # Booleans that arrive as text (CSV, JSON requests): map the usual spellings, anything else is NaN.
+        text = values.astype("object").map(lambda v: str(v).strip().lower() if v is not None else v)
+        mapped = text.map({"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0})
+        return mapped.to_numpy(dtype="float64", na_value=np.nan)
+    numeric = pd.to_numeric(values, errors="coerce")
+    return np.asarray(numeric.to_numpy(dtype="float64", na_value=np.nan), dtype="float64")
+
+
+def _as_category(values: pd.Series, categories: list[str]) -> pd.Categorical:
+    text = values.astype("object").map(str).where(values.notna(), None)
+    # Values outside the training categories become NaN: the model treats them like missing.
+    text = text.where(text.isin(categories), None)
+    return pd.Categorical(text.to_numpy(dtype=object), categories=pd.Index(categories, dtype=object))
+
+
+def fit_feature_schema(frame: pd.DataFrame, features: Mapping[str, str]) -> FeatureSchema:
+    """Fix column order and the sorted category list of each categorical from (training) data."""
+    categories: dict[str, list[str]] = {}
+    for name, kind in features.items():
+        if kind == "categorical":
+            values = frame[name]
+            categories[name] = sorted({str(v) for v in values[values.notna()].astype("object")})
+    return FeatureSchema(tuple(features), {k: str(v) for k, v in features.items()}, categories)
+
+
+def prepare_features(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Model matrix: numerics and booleans as float64, categoricals as pandas Categorical (fixed categories)."""
+    missing = [c for c in schema.columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"input lacks model features {missing}")
+    out: dict[str, Any] = {}
+    for name in schema.columns:
+        if schema.kinds[name] == "categorical":
+            out[name] = _as_category(frame[name], schema.categories[name])
+        else:
+            out[name] = _as_float(frame[name])
+    return pd.DataFrame(out, index=frame.index)
+
+
+class EvergreenXGBModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper: raw feature-partition columns in, P(y=1) or regression values out."""
+
+    def load_context(self, context: Any) -> None:
+        import xgboost as xgb
+
+        self._booster = xgb.Booster()
+        self._booster.load_model(context.artifacts["booster"])
+        with open(context.artifacts["feature_schema"], encoding="utf-8") as fh:
+            self._schema = FeatureSchema.from_dict(json.load(fh))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        import xgboost as xgb
+
+        matrix = prepare_features(pd.DataFrame(model_input), self._schema)
+        return self._booster.predict(xgb.DMatrix(matrix, enable_categorical=True)).astype("float64")
+
+
+@contextlib.contextmanager
+def _pickle_by_value() -> Generator[None, None, None]:
+    """Let cloudpickle embed this module's model code in the model artifact instead of a reference."""
+    import sys
+
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def _feature_kinds(spec: PipelineSpec) -> dict[str, str]:
+    return {name: FeatureType(kind).value for name, kind in spec.model_features.items()}
+
+
+def xgb_params(spec: PipelineSpec) -> dict[str, Any]:
+    """XGBoost parameters: task defaults, then the spec's params, then the determinism settings."""
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION:
+        # logloss last: xgboost early-stops on the last eval metric, and a proper score beats AUC there.
+        base: dict[str, Any] = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"]}
+    else:
+        base = {"objective": "reg:squarederror", "eval_metric": ["rmse"]}
+    params = {**base, "tree_method": "hist", "nthread": DEFAULT_NTHREAD, **spec.model.params}
+    params["seed"] = spec.model.seed
+    params["tree_method"] = "hist"  # QuantileDMatrix needs hist
+    return params
+
+
+def _baseline_pipeline(spec: PipelineSpec, schema: FeatureSchema) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c for c in schema.columns if schema.kinds[c] != "categorical"]
+    categorical = [c for c in schema.columns if schema.kinds[c] == "categorical"]
+    transformers = []
+    if numeric:
+        transformers.append(("num", Pipeline([
+            ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ]), numeric))
+    if categorical:
+        transformers.append(("cat", Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+            ("onehot", OneHotEncoder(handle_unknown="ignore")),
+        ]), categorical))
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION:
+        estimator: Any = LogisticRegression(max_iter=2000)
+    else:
+        estimator = Ridge(alpha=1.0)
+    return Pipeline([("features", ColumnTransformer(transformers)), ("model", estimator)])
+
+
+def _baseline_input(matrix: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Categoricals as object columns with NaN: what SimpleImputer/OneHotEncoder handle everywhere."""
+    out = matrix.copy()
+    for name in schema.columns:
+        if schema.kinds[name] == "categorical":
+            out[name] = np.asarray(matrix[name].astype(object).where(matrix[name].notna(), np.nan), dtype=object)
+    return out
+
+
+def _baseline_predict(model: Any, X: pd.DataFrame, task_type: TaskType) -> np.ndarray:
+    if task_type == TaskType.BINARY_CLASSIFICATION:
+        return model.predict_proba(X)[:, 1]
+    return model.predict(X)
+
+
+def _labels(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
+    y = pd.to_numeric(frame[spec.target.name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    if np.isnan(y).any():
+        raise DataQualityError(f"{spec.name}: target {spec.target.name!r} has missing values")
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION and not np.isin(y, [0.0, 1.0]).all():
+        raise DataQualityError(f"{spec.name}: binary target {spec.target.name!r} has values other than 0/1")
+    return y
+
+
+def code_version() -> str:
+    """Package version, plus the git sha from ``EVERGREEN_CODE_VERSION`` when the deployment sets it."""
+    extra = os.environ.get(CODE_VERSION_ENV, "").strip()
+    return f"{__version__}+{extra}" if extra else __version__
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment id for ``name``, created if missing (tolerating a concurrent creator)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(name)
+    except MlflowException:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _lineage_tags(lineage: Mapping[str, Any]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for key, value in lineage.items():
+        name = key if key.startswith("evergreen.") else f"evergreen.{key}"
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        tags[name] = text[:MAX_TAG_VALUE]
+    return tags
+
+
+def _split_digest(window: TrainingWindow, days: list[dt.date]) -> str:
+    return data_digest({d.isoformat(): window.content_hashes.get(d.isoformat(), "") for d in days})
+
+
+def _log_dataset(spec: PipelineSpec, window: TrainingWindow, frame: pd.DataFrame, days: list[dt.date],
+                 context: str) -> None:
+    """Log a split as an MLflow dataset input whose source lists the partition URIs it came from."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    uris = [str(storage.partition_dir(FEATURES_ZONE, spec.name, d)) for d in days]
+    digest = _split_digest(window, days)
+
+    class _Partitions(DatasetSource):
+        # Not registered with MLflow: it only has to describe where the rows came from.
+        @staticmethod
+        def _get_source_type() -> str:
+            return "evergreen_partitions"
+
+        def load(self) -> Any:
+            raise NotImplementedError("read the partitions with evergreen.training.load_day")
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> Any:
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"uri": str(storage.storage_root() / FEATURES_ZONE / spec.name), "partitions": uris}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[Any, Any]) -> Any:
+            return cls()
+
+    with warnings.catch_warnings():
+        # Schema inference hints (int target, tz-aware timestamps) are noise for a logged-only dataset.
+        warnings.simplefilter("ignore")
+        dataset = mlflow.data.from_pandas(
+            frame, source=_Partitions(), targets=spec.target.name, name=f"{spec.name}-{context}",
+            digest=digest[:32],  # MLflow caps dataset digests at 36 characters
+        )
+        first_last = f"{days[0]}..{days[-1]}" if days else "(none)"
+        mlflow.log_input(dataset, context=context,
+                         tags={"evergreen.partitions": f"{first_last} ({len(days)} days)",
+                               "evergreen.digest": digest})
+
+
+def _plot_importance(booster: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gain = booster.get_score(importance_type="gain")
+    items = sorted(gain.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(items) + 1)))
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set_xlabel("total gain")
+    ax.set_title("XGBoost feature importance (gain)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_performance(task_type: TaskType, y: np.ndarray, pred: np.ndarray, baseline: np.ndarray,
+                      path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    if task_type == TaskType.BINARY_CLASSIFICATION and len(np.unique(y)) == 2:
+        for label, scores in (("challenger", pred), ("baseline", baseline)):
+            fpr, tpr, _ = roc_curve(y, scores)
+            precision, recall, _ = precision_recall_curve(y, scores)
+            axes[0].plot(fpr, tpr, label=label)
+            axes[1].plot(recall, precision, label=label)
+        axes[0].plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (holdout)")
+        axes[1].set(xlabel="recall", ylabel="precision", title="Precision-recall (holdout)")
+        for ax in axes:
+            ax.legend()
+    else:
+        residuals = y - pred
+        axes[0].scatter(pred, residuals, s=4, alpha=0.4)
+        axes[0].axhline(0.0, color="k", linewidth=0.8)
+        axes[0].set(xlabel="prediction", ylabel="residual", title="Residuals vs prediction (holdout)")
+        axes[1].hist(residuals, bins=40)
+        axes[1].set(xlabel="residual", title="Residual distribution (holdout)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def model_signature(spec: PipelineSpec) -> Any:
+    """Explicit signature from the spec (not inferred from a sample, which would guess optionality).
+
+    MLflow's enforcement accepts missing values in double and string columns, not in boolean ones.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    mlflow_type = {FeatureType.NUMERIC: "double", FeatureType.CATEGORICAL: "string", FeatureType.BOOLEAN: "boolean"}
+    inputs = Schema([ColSpec(mlflow_type[kind], name) for name, kind in spec.model_features.items()])
+    outputs = Schema([TensorSpec(np.dtype("float64"), (-1,))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned to what trained the model; listed explicitly because inferring them costs seconds."""
+    import cloudpickle
+    import sklearn
+    import xgboost as xgb
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"xgboost=={xgb.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        f"cloudpickle=={cloudpickle.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+    ]
+
+
+def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any]) -> dict[str, Any]:
+    """Train the XGBoost challenger and the linear baseline on ``window``; log both to MLflow.
+
+    Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
+    best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
+    """
+    import xgboost as xgb
+
+    from evergreen.drift import build_reference_profile
+
+    if window.spec != spec.name:
+        raise ValueError(f"window is for spec {window.spec!r}, not {spec.name!r}")
+    train, valid, holdout = load_window_frames(spec, window)
+    y_train, y_valid, y_holdout = (_labels(f, spec) for f in (train, valid, holdout))
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION and len(np.unique(y_train)) < 2:
+        raise DataQualityError(f"{spec.name}: the training days hold a single class; cannot train a classifier")
+
+    schema = fit_feature_schema(train, _feature_kinds(spec))
+    X_train, X_valid, X_holdout = (prepare_features(f, schema) for f in (train, valid, holdout))
+
+    params = xgb_params(spec)
+    dtrain = xgb.QuantileDMatrix(X_train, label=y_train, enable_categorical=True)
+    dvalid = xgb.QuantileDMatrix(X_valid, label=y_valid, ref=dtrain, enable_categorical=True)
+    booster = xgb.train(
+        params, dtrain, num_boost_round=spec.model.num_boost_round, evals=[(dvalid, "validation")],
+        early_stopping_rounds=spec.model.early_stopping_rounds, verbose_eval=False,
+    )
+    best_iteration = int(booster.best_iteration)
+    booster = booster[: best_iteration + 1]  # keep only the trees up to the early-stopping optimum
+    holdout_pred = booster.predict(xgb.DMatrix(X_holdout, enable_categorical=True))
+    valid_pred = booster.predict(xgb.DMatrix(X_valid, enable_categorical=True))
+    metrics = compute_metrics(spec.task_type, y_holdout, holdout_pred)
+    validation_metrics = compute_metrics(spec.task_type, y_valid, valid_pred)
+
+    baseline = _baseline_pipeline(spec, schema)
+    baseline.fit(_baseline_input(X_train, schema), y_train)
+    baseline_pred = _baseline_predict(baseline, _baseline_input(X_holdout, schema), spec.task_type)
+    baseline_metrics = compute_metrics(spec.task_type, y_holdout, baseline_pred)
+
+    experiment_id = ensure_experiment(spec.name)
+    common_tags = {
+        "evergreen.spec": spec.name,
+        "evergreen.as_of": window.as_of.isoformat(),
+        "evergreen.data_digest": window.data_digest,
+        "evergreen.partitions": window.partitions_summary,
+        "evergreen.code_version": code_version(),
+        **_lineage_tags(lineage),
+    }
+    window_params = {
+        "window.days": (window.as_of - window.start).days + 1,
+        "window.holdout_days": spec.window.holdout_days,
+        "window.validation_days": spec.window.validation_days,
+        "window.max_rows_per_day": spec.window.max_rows_per_day,
+        "rows.train": len(train), "rows.validation": len(valid), "rows.holdout": len(holdout),
+    }
+    feature_names = list(schema.columns)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{window.as_of}-challenger",
+                              tags={**common_tags, "evergreen.role": "challenger"}) as run:
+            run_id = run.info.run_id
+            with mlflow.start_run(experiment_id=experiment_id, nested=True,
+                                  run_name=f"{spec.name}-{window.as_of}-baseline",
+                                  tags={**common_tags, "evergreen.role": "baseline",
+                                        "evergreen.challenger_run_id": run_id}) as baseline_run:
+                baseline_run_id = baseline_run.info.run_id
+                mlflow.log_params({**window_params, "model.kind": type(baseline[-1]).__name__})
+                mlflow.log_metrics(baseline_metrics)
+
+            mlflow.log_params({
+                **window_params,
+                **{f"xgb.{k}": v for k, v in params.items()},
+                "num_boost_round": spec.model.num_boost_round,
+                "early_stopping_rounds": spec.model.early_stopping_rounds,
+                "features": ",".join(feature_names),
+            })
+            mlflow.log_metrics({**metrics, **{f"validation_{k}": v for k, v in validation_metrics.items()},
+                                "best_iteration": best_iteration})
+            for frame, days, context in ((train, window.train_days, "train"),
+                                         (valid, window.validation_days, "validation"),
+                                         (holdout, window.holdout_days, "holdout")):
+                _log_dataset(spec, window, frame, days, context)
+            mlflow.log_dict(window.to_dict(), "window.json")
+            mlflow.log_dict(schema.to_dict(), "feature_schema.json")
+
+            _plot_importance(booster, tmp / "feature_importance.png")
+            _plot_performance(spec.task_type, y_holdout, holdout_pred, baseline_pred, tmp / "holdout_performance.png")
+            mlflow.log_artifact(str(tmp / "feature_importance.png"), "plots")
+            mlflow.log_artifact(str(tmp / "holdout_performance.png"), "plots")
+
+            # The holdout (with the challenger's scores) lets evaluation re-score any model on identical rows.
+            holdout_out = holdout.copy()
+            holdout_out[PREDICTION_COLUMN] = holdout_pred
+            holdout_path = tmp / Path(HOLDOUT_ARTIFACT).name
+            holdout_path.write_bytes(storage.frame_to_parquet_bytes(holdout_out))
+            mlflow.log_artifact(str(holdout_path), str(Path(HOLDOUT_ARTIFACT).parent))
+
+            # Reference features come from training data; reference scores from the holdout, because
+            # live scores are out-of-sample too (in-sample scores are sharper and would fake drift).
+            profile = build_reference_profile(train, spec, scores=None, seed=spec.model.seed)
+            profile["scores"] = build_reference_profile(holdout, spec, scores=holdout_pred,
+                                                        seed=spec.model.seed)["scores"]
+            profile["scores_source"] = "holdout"
+            mlflow.log_dict(profile, "reference_profile.json")
+
+            booster_path = tmp / "model.ubj"
+            booster.save_model(str(booster_path))
+            schema_path = tmp / "feature_schema.json"
+            schema_path.write_text(json.dumps(schema.to_dict(), sort_keys=True), encoding="utf-8")
+            example = holdout[feature_names].head(5).reset_index(drop=True)
+            signature = model_signature(spec)
+            with _pickle_by_value():
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=EvergreenXGBModel(),
+                    artifacts={"booster": str(booster_path), "feature_schema": str(schema_path)},
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=_pip_requirements(),
+                    metadata={"evergreen.spec": spec.name, "evergreen.data_digest": window.data_digest},
+                )
+            model_uri = info.model_uri
+            mlflow.set_tags({"evergreen.model_uri": model_uri, "evergreen.baseline_run_id": baseline_run_id})
+
+    return {
+        "run_id": run_id,
+        "baseline_run_id": baseline_run_id,
+        "model_uri": model_uri,
+        "experiment_id": experiment_id,
+        "metrics": metrics,
+        "baseline_metrics": baseline_metrics,
+        "validation_metrics": validation_metrics,
+        "best_iteration": best_iteration,
+        "data_digest": window.data_digest,
+        "as_of": window.as_of.isoformat(),
+    }

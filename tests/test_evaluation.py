@@ -1,0 +1,181 @@
+"""Metric directions, compute_metrics on known values and the pure gate evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from evergreen.evaluation import (
+    METRIC_DIRECTIONS,
+    GateReport,
+    GateResult,
+    compute_metrics,
+    compute_slice_metrics,
+    evaluate_gates,
+    expected_calibration_error,
+    higher_is_better,
+    improvement,
+)
+from evergreen.spec import SHIPPED_SPECS_DIR, PipelineSpec, load_spec
+
+Metrics = dict[str, float]
+Slices = dict[str, dict[str, float]]
+
+
+def spec_with_gates(name: str, **gates: object) -> PipelineSpec:
+    spec = load_spec(SHIPPED_SPECS_DIR / f"{name}.yaml")
+    return spec.model_copy(update={"gates": spec.gates.model_copy(update=gates)})
+
+
+@pytest.mark.parametrize(
+    ("metric", "higher"),
+    [("roc_auc", True), ("pr_auc", True), ("f1", True), ("accuracy", True), ("r2", True),
+     ("rmse", False), ("mae", False), ("log_loss", False), ("brier", False), ("ece", False)],
+)
+def test_metric_directions(metric: str, higher: bool) -> None:
+    assert higher_is_better(metric) is higher
+    assert (improvement(metric, 2.0, 1.0) > 0) is higher
+
+
+def test_unknown_metric_is_an_error() -> None:
+    with pytest.raises(KeyError, match="unknown metric"):
+        higher_is_better("auc")
+
+
+def test_classification_metrics_known_values() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8])
+    m = compute_metrics("binary_classification", y, p)
+    assert m["roc_auc"] == pytest.approx(0.75)
+    assert m["pr_auc"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert m["accuracy"] == pytest.approx(0.75)  # hard labels 0,0,0,1
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m["log_loss"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert set(m) == {"roc_auc", "pr_auc", "log_loss", "f1", "accuracy", "brier", "ece"}
+    assert set(m) <= set(METRIC_DIRECTIONS)
+
+
+def test_ece_known_value() -> None:
+    # Two bins used: [0.2) holds scores 0.1 (observed 0/2), [0.9) holds 0.9 (observed 1/2).
+    y = np.array([0, 0, 1, 0])
+    p = np.array([0.1, 0.1, 0.9, 0.9])
+    assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.1 + 0.5 * 0.4)
+    assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == pytest.approx(0.0)
+
+
+def test_single_class_skips_auc() -> None:
+    m = compute_metrics("binary_classification", [0, 0, 0], [0.1, 0.2, 0.3])
+    assert "roc_auc" not in m and "pr_auc" not in m
+    assert m["accuracy"] == 1.0
+
+
+def test_regression_metrics_known_values() -> None:
+    m = compute_metrics("regression", [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 6.0])
+    assert m["rmse"] == pytest.approx(1.0)
+    assert m["mae"] == pytest.approx(0.5)
+    assert m["r2"] == pytest.approx(1 - 4.0 / 5.0)
+
+
+def test_slice_metrics_ignore_small_slices_and_single_class_auc() -> None:
+    import pandas as pd
+
+    slices = pd.Series(["a"] * 6 + ["b"] * 4 + ["c"] * 2 + [None] * 4, dtype="str")
+    y = np.array([0, 1, 0, 1, 0, 1] + [0, 0, 0, 0] + [1, 0] + [0, 1, 1, 0])
+    p = np.linspace(0.05, 0.95, len(y))
+    out = compute_slice_metrics("binary_classification", slices, y, p, min_rows=4)
+    assert set(out) == {"a", "b", "__missing__"}
+    assert out["a"]["rows"] == 6 and "roc_auc" in out["a"]
+    assert "roc_auc" not in out["b"]
+
+
+# -------------------------------------------------------------------------------------------- gates
+
+CLS = {"roc_auc": 0.85, "pr_auc": 0.4, "log_loss": 0.3}
+CLS_BASE = {"roc_auc": 0.80, "pr_auc": 0.3, "log_loss": 0.35}
+CLS_SLICES = {"web": {"rows": 500, "roc_auc": 0.84}, "app": {"rows": 400, "roc_auc": 0.86},
+              "pos": {"rows": 300, "roc_auc": 0.80}}
+
+
+def gate(report: GateReport, name: str) -> GateResult:
+    return next(g for g in report.gates if g.name == name)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "baseline", "champion", "slices", "passed", "failed", "beats"),
+    [
+        pytest.param(CLS, CLS_BASE, None, CLS_SLICES, True, set(), None, id="no-champion-passes"),
+        pytest.param({**CLS, "roc_auc": 0.74}, CLS_BASE, None, {}, False,
+                     {"absolute:roc_auc", "lift_over_baseline"}, None, id="below-absolute-and-baseline"),
+        pytest.param({**CLS, "pr_auc": 0.1}, CLS_BASE, None, {}, False, {"absolute:pr_auc"}, None,
+                     id="absolute-secondary-metric"),
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.80}, {}, True, set(), True, id="beats-champion"),
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.855}, {}, True, set(), False,
+                     id="slightly-worse-within-tolerance"),
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.87}, {}, False, {"no_regression_vs_champion"}, False,
+                     id="regresses-vs-champion"),
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.85}, {}, True, set(), False, id="equal-does-not-beat"),
+        pytest.param(CLS, CLS_BASE, None, {**CLS_SLICES, "pos": {"rows": 300, "roc_auc": 0.6}}, False,
+                     {"min_slice_metric", "max_slice_gap"}, None, id="weak-slice"),
+        pytest.param(CLS, CLS_BASE, None, {"web": {"rows": 500, "accuracy": 0.9}}, True, set(), None,
+                     id="slices-without-auc-skipped"),
+        pytest.param({"pr_auc": 0.4}, CLS_BASE, None, {}, False,
+                     {"primary_metric:roc_auc", "absolute:roc_auc", "lift_over_baseline"}, None,
+                     id="missing-primary-metric"),
+        pytest.param({**CLS, "roc_auc": math.nan}, CLS_BASE, None, {}, False,
+                     {"primary_metric:roc_auc", "absolute:roc_auc", "lift_over_baseline"}, None, id="nan"),
+    ],
+)
+def test_classification_gates(challenger: Metrics, baseline: Metrics, champion: Metrics | None, slices: Slices,
+                              passed: bool, failed: set[str], beats: bool | None) -> None:
+    spec = load_spec(SHIPPED_SPECS_DIR / "fraud.yaml")  # roc_auc>=0.75, pr_auc>=0.2, 1% regression, slices
+    report = evaluate_gates(spec, challenger, baseline, champion, slices)
+    assert report.passed is passed
+    assert {g.name for g in report.failed} == failed
+    assert report.beats_champion is beats
+    as_dict = report.to_dict()
+    assert as_dict["passed"] is passed and set(as_dict["failed"]) == failed
+
+
+REG = {"rmse": 10.0, "mae": 7.0, "r2": 0.7}
+REG_BASE = {"rmse": 12.0, "mae": 9.0, "r2": 0.6}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "baseline", "champion", "passed", "failed", "beats"),
+    [
+        pytest.param(REG, REG_BASE, None, True, set(), None, id="no-champion"),
+        pytest.param({**REG, "rmse": 16.0}, REG_BASE, None, False, {"absolute:rmse", "lift_over_baseline"}, None,
+                     id="rmse-above-absolute-max"),
+        pytest.param({**REG, "r2": 0.4}, REG_BASE, None, False, {"absolute:r2"}, None, id="r2-below-min"),
+        pytest.param(REG, REG_BASE, {"rmse": 11.0}, True, set(), True, id="lower-rmse-beats"),
+        pytest.param(REG, REG_BASE, {"rmse": 9.9}, True, set(), False, id="1pct-worse-within-2pct"),
+        pytest.param(REG, REG_BASE, {"rmse": 9.5}, False, {"no_regression_vs_champion"}, False,
+                     id="5pct-worse-rejected"),
+        pytest.param(REG, {"rmse": 9.0}, None, False, {"lift_over_baseline"}, None, id="worse-than-baseline"),
+    ],
+)
+def test_regression_gates(challenger: Metrics, baseline: Metrics, champion: Metrics | None, passed: bool,
+                          failed: set[str], beats: bool | None) -> None:
+    spec = spec_with_gates("delivery_eta", slice_feature=None, max_slice_gap=None)
+    report = evaluate_gates(spec, challenger, baseline, champion, {})
+    assert report.passed is passed
+    assert {g.name for g in report.failed} == failed
+    assert report.beats_champion is beats
+
+
+def test_regression_slice_gap_lower_is_better() -> None:
+    spec = load_spec(SHIPPED_SPECS_DIR / "delivery_eta.yaml")  # max_slice_gap 8.0 minutes of rmse
+    ok = {"north": {"rows": 80, "rmse": 9.0}, "south": {"rows": 90, "rmse": 14.0}}
+    bad = {**ok, "east": {"rows": 70, "rmse": 18.0}, "tiny": {"rows": 3, "rmse": 99.0}}
+    assert evaluate_gates(spec, REG, REG_BASE, None, ok).passed
+    report = evaluate_gates(spec, REG, REG_BASE, None, bad)
+    assert {g.name for g in report.failed} == {"max_slice_gap"}
+    assert gate(report, "max_slice_gap").value == pytest.approx(18.0 - 9.0)  # the 3-row slice is ignored
+
+
+def test_min_lift_is_relative() -> None:
+    spec = spec_with_gates("fraud", min_lift_over_baseline=0.05, slice_feature=None)
+    assert not evaluate_gates(spec, CLS, {"roc_auc": 0.82}, None, {}).passed  # +3.7%
+    assert evaluate_gates(spec, CLS, {"roc_auc": 0.80}, None, {}).passed  # +6.25%

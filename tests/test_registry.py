@@ -1,0 +1,256 @@
+"""Evaluation against the champion, promotion with compare-and-set, rollback and the decision log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from evergreen import registry, storage
+from evergreen.evaluation import evaluate_challenger
+from evergreen.registry import (
+    RegistryError,
+    champion_on,
+    decision_history,
+    promote_if_better,
+    rollback,
+)
+from evergreen.spec import PipelineSpec
+from evergreen.training import select_window, train_challenger
+from mlflow import MlflowClient
+from test_training import START, configure_mlflow, publish_days, small_spec
+
+T0 = dt.datetime(2026, 10, 15, 3, 0, tzinfo=dt.UTC)
+
+
+def relaxed(spec: PipelineSpec, registered_name: str) -> PipelineSpec:
+    """Gates that only compare with the champion (1% tolerance), under a per-test registered name."""
+    gates = spec.gates.model_copy(update={"absolute": {}, "min_lift_over_baseline": -1.0,
+                                          "min_slice_metric": None, "max_slice_gap": None})
+    model = spec.model.model_copy(update={"registered_name": registered_name})
+    return spec.model_copy(update={"gates": gates, "model": model})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Three challenger runs on one window: two identical strong ones and a weak one (stumps, 2 rounds)."""
+    base = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(storage.ROOT_ENV, str(base / "storage"))
+        spec = small_spec()
+        configure_mlflow(mp, base, spec.name)
+        days = publish_days(spec, START, 14)
+        window = select_window(spec, days[-1])
+        weak_spec = spec.model_copy(update={"model": spec.model.model_copy(
+            update={"num_boost_round": 2, "params": {"max_depth": 1, "eta": 0.05}})})
+        lineage = {"dag_id": "fraud_training", "reason": "scheduled"}
+        yield {
+            "spec": spec,
+            "strong_a": train_challenger(spec, window, lineage=lineage)["run_id"],
+            "strong_b": train_challenger(spec, window, lineage=lineage)["run_id"],
+            "weak": train_challenger(weak_spec, window, lineage=lineage)["run_id"],
+        }
+
+
+@pytest.fixture
+def env(runs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Fresh decision storage and a registered model name of this test's own."""
+    monkeypatch.setenv(storage.ROOT_ENV, str(tmp_path / "storage"))
+    monkeypatch.setattr(registry, "CAS_SETTLE_SECONDS", 0.05)
+    name = "fraud_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    return {**runs, "spec": relaxed(runs["spec"], name), "name": name, "client": MlflowClient()}
+
+
+def alias(client: MlflowClient, name: str, which: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, which).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def model_uri(client: MlflowClient, run_id: str) -> str:
+    return client.get_run(run_id).data.tags["evergreen.model_uri"]
+
+
+def evaluate_and_promote(env: dict[str, Any], run: str, at: dt.datetime, **kwargs: Any) -> dict[str, Any]:
+    report = evaluate_challenger(env["spec"], env[run])
+    return promote_if_better(env["spec"], env[run], report, dry_run=False, actor="test", decided_at=at, **kwargs)
+
+
+def test_first_candidate_becomes_champion(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    report = evaluate_challenger(spec, env["strong_a"])
+    assert report["champion_version"] is None and report["passed"] is True
+    assert (storage.storage_root() / "models" / spec.name / "decisions" / env["strong_a"] / "gates.json").exists()
+    decision = promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="test", decided_at=T0)
+    assert decision["kind"] == "promoted"
+    assert alias(client, name, "champion") == decision["version"] == "1"
+    assert alias(client, name, "challenger") is None  # removed once it became champion
+    assert alias(client, name, "previous_champion") is None
+    tags = client.get_model_version(name, "1").tags
+    assert tags["evergreen.decision"] == "promoted"
+    assert tags["evergreen.decided_at"] == T0.isoformat()
+    assert tags["evergreen.run_id"] == env["strong_a"]
+    assert tags["evergreen.dag_id"] == "fraud_training"  # lineage copied from the run
+    assert [d["kind"] for d in decision_history(spec)] == ["promoted"]
+
+
+def test_worse_candidate_rejected_champion_unchanged(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    evaluate_and_promote(env, "strong_a", T0)
+    report = evaluate_challenger(spec, env["weak"])
+    assert report["champion_version"] == "1"
+    assert report["passed"] is False and "no_regression_vs_champion" in report["failed"]
+    decision = promote_if_better(spec, env["weak"], report, dry_run=False, actor="test",
+                                 decided_at=T0 + dt.timedelta(days=1))
+    assert decision["kind"] == "rejected" and decision["version"] is None
+    assert "no_regression_vs_champion" in decision["reasons"][0]
+    assert alias(client, name, "champion") == "1"
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1  # nothing registered
+    run_tags = client.get_run(env["weak"]).data.tags
+    assert run_tags["evergreen.decision"] == "rejected"
+    assert "no_regression_vs_champion" in run_tags["evergreen.rejection_reasons"]
+
+
+def test_better_candidate_promoted_previous_champion_set(env: dict[str, Any]) -> None:
+    client, name = env["client"], env["name"]
+    assert evaluate_and_promote(env, "weak", T0)["kind"] == "promoted"
+    decision = evaluate_and_promote(env, "strong_a", T0 + dt.timedelta(days=1))
+    assert decision["kind"] == "promoted"
+    assert decision["champion_before"] == "1" and decision["champion_after"] == "2"
+    assert alias(client, name, "champion") == "2"
+    assert alias(client, name, "previous_champion") == "1"
+
+
+def test_equal_candidate_registered_not_promoted(env: dict[str, Any]) -> None:
+    client, name = env["client"], env["name"]
+    evaluate_and_promote(env, "strong_a", T0)
+    decision = evaluate_and_promote(env, "strong_b", T0 + dt.timedelta(days=1))
+    assert decision["kind"] == "registered"
+    assert alias(client, name, "champion") == "1"
+    assert alias(client, name, "challenger") == decision["version"] == "2"
+    assert client.get_model_version(name, "2").tags["evergreen.decision"] == "registered"
+
+
+def test_retried_promotion_is_idempotent(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    report = evaluate_challenger(spec, env["strong_a"])
+    first = promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="test", decided_at=T0)
+    again = promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="test", decided_at=T0)
+    assert first["kind"] == again["kind"] == "promoted"
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    assert len(decision_history(spec)) == 1  # same decided_at: the file is rewritten, not duplicated
+
+
+def test_rollback_restores_previous_champion(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    with pytest.raises(RegistryError, match="no champion"):
+        rollback(spec, actor="oncall", reason="nothing yet", decided_at=T0)
+    evaluate_and_promote(env, "weak", T0)
+    with pytest.raises(RegistryError, match="previous_champion"):
+        rollback(spec, actor="oncall", reason="nothing to go back to", decided_at=T0)
+    evaluate_and_promote(env, "strong_a", T0 + dt.timedelta(days=1))
+    decision = rollback(spec, target_version=None, actor="oncall", reason="bad live metrics",
+                        decided_at=T0 + dt.timedelta(days=2))
+    assert decision["kind"] == "rolled_back"
+    assert alias(client, name, "champion") == "1"
+    assert alias(client, name, "previous_champion") == "2"
+    assert {str(v.version) for v in client.search_model_versions(f"name = '{name}'")} == {"1", "2"}
+    assert client.get_model_version(name, "1").tags["evergreen.decision"] == "rolled_back"
+    assert [d["kind"] for d in decision_history(spec)] == ["promoted", "promoted", "rolled_back"]
+
+
+def test_dry_run_changes_nothing(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    report = evaluate_challenger(spec, env["strong_b"])
+    tags_before = client.get_run(env["strong_b"]).data.tags
+    decision = promote_if_better(spec, env["strong_b"], report, dry_run=True, actor="test", decided_at=T0)
+    assert decision["kind"] == "dry_run" and decision["outcome"] == "would_promote"
+    assert client.search_registered_models(f"name = '{name}'") == []
+    assert client.get_run(env["strong_b"]).data.tags == tags_before
+    assert [d["kind"] for d in decision_history(spec)] == ["dry_run"]
+    assert champion_on(spec, T0 + dt.timedelta(days=1)) is None
+
+
+def test_stale_evaluation_is_not_promoted(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    evaluate_and_promote(env, "weak", T0)
+    report = evaluate_challenger(spec, env["strong_a"])  # evaluated against version 1
+    mlflow.register_model(model_uri(client, env["strong_b"]), name)  # someone else's version 2 ...
+    client.set_registered_model_alias(name, "champion", "2")  # ... became champion meanwhile
+    decision = promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="test",
+                                 decided_at=T0 + dt.timedelta(days=1))
+    assert decision["kind"] == "registered"
+    assert "champion changed concurrently" in decision["reasons"][0]
+    assert alias(client, name, "champion") == "2"
+
+
+def test_concurrent_promoters_exactly_one_wins(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    evaluate_and_promote(env, "weak", T0)
+    reports = {run: evaluate_challenger(spec, env[run]) for run in ("strong_a", "strong_b")}
+    assert all(r["champion_version"] == "1" and r["beats_champion"] for r in reports.values())
+    monkeypatch.setattr(registry, "CAS_SETTLE_SECONDS", 0.5)
+
+    # Worst case: both promoters have read (and compared) the old champion before either moves it.
+    barrier = threading.Barrier(2, timeout=60)
+    original = MlflowClient.set_registered_model_alias
+
+    def racing_set(self: MlflowClient, model: str, which: str, version: str) -> None:
+        if which == "champion":
+            barrier.wait()
+        original(self, model, which, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", racing_set)
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def promote(run: str) -> None:
+        try:
+            results[run] = promote_if_better(spec, env[run], reports[run], dry_run=False, actor=run,
+                                             decided_at=T0 + dt.timedelta(days=1))
+        except BaseException as exc:  # surfaced below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    # Versions exist before the race so the threads only contend on the alias.
+    for run in ("strong_a", "strong_b"):
+        mlflow.register_model(model_uri(client, env[run]), name)
+    threads = [threading.Thread(target=promote, args=(run,)) for run in ("strong_a", "strong_b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    kinds = sorted(r["kind"] for r in results.values())
+    assert kinds == ["promoted", "registered"]
+    winner = next(r for r in results.values() if r["kind"] == "promoted")
+    loser = next(r for r in results.values() if r["kind"] == "registered")
+    assert alias(client, name, "champion") == winner["version"]
+    assert alias(client, name, "previous_champion") == "1"
+    assert "champion changed concurrently" in loser["reasons"][0]
+    assert loser["champion_after"] == winner["version"]
+
+
+def test_champion_on_answers_by_date(env: dict[str, Any]) -> None:
+    spec = env["spec"]
+    evaluate_and_promote(env, "weak", T0)
+    evaluate_and_promote(env, "strong_b", T0 + dt.timedelta(days=1, hours=2))  # weak loses -> v2
+    evaluate_and_promote(env, "strong_a", T0 + dt.timedelta(days=2))  # equal to v2: registered only
+    rollback(spec, actor="oncall", reason="latency regression", decided_at=T0 + dt.timedelta(days=3))
+
+    assert champion_on(spec, T0 - dt.timedelta(seconds=1)) is None
+    at_t0 = champion_on(spec, T0)
+    assert at_t0 is not None and at_t0["version"] == "1" and at_t0["kind"] == "promoted"
+    day2 = champion_on(spec, T0 + dt.timedelta(days=2, hours=12))
+    assert day2 is not None and day2["version"] == "2" and day2["since"] == (T0 + dt.timedelta(days=1, hours=2)).isoformat()
+    later = champion_on(spec, dt.datetime(2027, 1, 1))  # naive = UTC
+    assert later is not None and later["version"] == "1" and later["kind"] == "rolled_back"
+    assert later["reasons"] == ["latency regression"] and later["actor"] == "oncall"
+    kinds = [d["kind"] for d in decision_history(spec)]
+    assert kinds == ["promoted", "promoted", "registered", "rolled_back"]
