@@ -153,21 +153,21 @@ Reruns rewrite the day byte-identically. Backfill: `airflow backfill create --da
 
             return raw_partition_ready(spec, partition_date_from_context(spec))
 
-        @task(retries=2)
+        @task(multiple_outputs=False, retries=2)
         def validate_raw_partition() -> dict[str, Any]:
             from evergreen import etl
 
             with data_errors_fail_fast(spec):
                 return etl.validate_raw_partition(spec, partition_date_from_context(spec))
 
-        @task
+        @task(multiple_outputs=False)
         def build_feature_partition(validation: dict[str, Any]) -> dict[str, Any]:
             from evergreen import etl
 
             with data_errors_fail_fast(spec):
                 return etl.build_feature_partition(spec, partition_date_from_context(spec), validation)
 
-        @task(outlets=[features])
+        @task(multiple_outputs=False, outlets=[features])
         def publish_feature_partition(staged: dict[str, Any]) -> dict[str, Any]:
             from evergreen import etl
 
@@ -187,10 +187,176 @@ Reruns rewrite the day byte-identically. Backfill: `airflow backfill create --da
     return feature_etl()
 
 
+def _lineage_from_context(reason_param: str | None) -> dict[str, str]:
+    context = get_current_context()
+    ti = context["ti"]
+    dag_run = context.get("dag_run")
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    reason = reason_param or {"scheduled": "schedule", "backfill": "backfill"}.get(run_type.split(".")[-1].lower(), "manual")
+    params = context.get("params") or {}
+    return {
+        "airflow.dag_id": ti.dag_id,
+        "airflow.run_id": ti.run_id,
+        "airflow.try_number": str(ti.try_number),
+        "airflow.run_type": run_type,
+        "reason": reason,
+        "drift_report": params.get("drift_report") or "",
+    }
+
+
+def build_training_dag(spec: PipelineSpec) -> DAG:
+    """``<spec>_training``: assemble the window, train challenger + baseline, gate, register/promote."""
+    window = spec.window
+    metric = spec.primary_metric
+    dag_id = spec.dag_id("training")
+
+    @dag(
+        dag_id=dag_id,
+        description=f"Nightly / on-demand retrain of {spec.registered_model_name} with promotion gates",
+        doc_md=f"""
+### Continuous training for `{spec.name}` ({spec.task_type.value})
+
+Trains on the **{window.days}-day window ending at `as_of`** (default: the run's date; never a partition
+after it), holdout = the last {window.holdout_days} days, validation = the {window.validation_days} before.
+
+1. `assemble_training_set`: published partitions only (manifest present), fails clearly when fewer than
+   {window.min_days} days or more than {window.max_missing_days} missing days;
+2. `train_challenger`: XGBoost + a linear baseline, logged to MLflow (experiment `{spec.name}`) with lineage tags;
+3. `evaluate_gates`: absolute thresholds, lift over baseline, **no regression vs the current champion
+   re-scored on the same holdout** (primary metric `{metric}`), per-slice checks on `{spec.gates.slice_feature}`;
+4. `promote_if_better`: rejected candidates are not registered (the run still succeeds: a rejection is a
+   valid outcome, see the task's return value); passing ones get `challenger`, and become `champion`
+   (old one -> `previous_champion`) only when they beat it (compare-and-set).
+
+Trigger with the form: `as_of`, `window_days`, `reason`, `drift_report`, `dry_run` (evaluate only).
+Every decision is in `models/{spec.name}/decisions/` in storage and tagged on the model version.
+""",
+        schedule=CronDataIntervalTimetable(spec.schedule.training_cron, timezone=spec.schedule.timezone),
+        start_date=_start_date(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec, timeout_minutes=120),
+        tags=sorted({"evergreen", "training", spec.name, *spec.tags}),
+        params={
+            "as_of": Param(None, type=["null", "string"], format="date", pattern=DATE_PATTERN, title="As of",
+                           description="Last day of the training window (YYYY-MM-DD). Empty: the run's date."),
+            "window_days": Param(window.days, type="integer", minimum=window.min_days, maximum=3650,
+                                 title="Window (days)", description="Length of the trailing training window."),
+            "reason": Param(None, type=["null", "string"], enum=[None, "schedule", "manual", "drift", "backfill"],
+                            title="Trigger reason", description="Recorded as lineage. Empty: from the run type."),
+            "drift_report": Param(None, type=["null", "string"], title="Drift report",
+                                  description="Storage reference of the drift report behind this retrain."),
+            "dry_run": Param(False, type="boolean", title="Dry run",
+                             description="Train and evaluate, but change nothing in the model registry."),
+        },
+    )
+    def training() -> None:
+        @task(multiple_outputs=False, retries=1)
+        def assemble_training_set() -> dict[str, Any]:
+            from evergreen import training
+
+            as_of = partition_date_from_context(spec, param="as_of")
+            window_days = int(get_current_context()["params"]["window_days"])
+            with data_errors_fail_fast(spec):
+                return training.select_window(spec, as_of, window_days).to_dict()
+
+        @task(multiple_outputs=False)
+        def train_challenger(window: dict[str, Any]) -> dict[str, Any]:
+            from evergreen import training
+
+            lineage = _lineage_from_context(get_current_context()["params"].get("reason"))
+            with data_errors_fail_fast(spec):
+                return training.train_challenger(spec, training.TrainingWindow.from_dict(window), lineage=lineage)
+
+        @task(multiple_outputs=False)
+        def evaluate_gates(trained: dict[str, Any]) -> dict[str, Any]:
+            from evergreen import evaluation
+
+            return evaluation.evaluate_challenger(spec, trained["run_id"])
+
+        @task(multiple_outputs=False, retries=0)
+        def promote_if_better(trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+            import logging
+
+            from evergreen import registry
+
+            context = get_current_context()
+            ti = context["ti"]
+            decision = registry.promote_if_better(
+                spec,
+                trained["run_id"],
+                report,
+                dry_run=bool(context["params"].get("dry_run")),
+                actor=f"airflow:{ti.dag_id}/{ti.run_id}",
+                decided_at=getattr(context.get("dag_run"), "run_after", None),
+            )
+            logging.getLogger(__name__).info(
+                "decision for %s run %s: %s (version %s, champion %s -> %s) %s", spec.name, trained["run_id"],
+                decision["kind"], decision.get("version"), decision.get("champion_before"),
+                decision.get("champion_after"), "; ".join(decision.get("reasons") or []),
+            )
+            return decision
+
+        trained = train_challenger(assemble_training_set())
+        promote_if_better(trained, evaluate_gates(trained))
+
+    return training()
+
+
+def build_rollback_dag(spec: PipelineSpec) -> DAG:
+    """``<spec>_rollback``: move ``champion`` back (default to ``previous_champion``), recorded."""
+
+    @dag(
+        dag_id=spec.dag_id("rollback"),
+        description=f"Roll the {spec.registered_model_name} champion back",
+        doc_md=f"""
+### Roll back the `{spec.registered_model_name}` champion
+
+Moves the `champion` alias to `target_version` (default: the version under `previous_champion`); the
+replaced champion becomes `previous_champion`. No version is deleted, and the decision (who, why) is
+appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --spec {spec.name}`.
+""",
+        schedule=None,
+        start_date=_start_date(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec, timeout_minutes=10),
+        tags=sorted({"evergreen", "rollback", spec.name}),
+        params={
+            "target_version": Param(None, type=["null", "string"], pattern=r"^([0-9]+)?$", title="Target version",
+                                    description="Model version to make champion. Empty: previous_champion."),
+            "reason": Param("manual rollback", type="string", minLength=3, title="Reason",
+                            description="Why; recorded in the decision log."),
+        },
+    )
+    def rollback() -> None:
+        @task(multiple_outputs=False, retries=0)
+        def rollback_champion() -> dict[str, Any]:
+            from evergreen import registry
+
+            context = get_current_context()
+            ti = context["ti"]
+            params = context["params"]
+            try:
+                return registry.rollback(
+                    spec,
+                    target_version=params.get("target_version") or None,
+                    actor=f"airflow:{ti.dag_id}/{ti.run_id}",
+                    reason=params["reason"],
+                    decided_at=getattr(context.get("dag_run"), "run_after", None),
+                )
+            except registry.RegistryError as exc:
+                raise AirflowFailException(str(exc)) from exc
+
+        rollback_champion()
+
+    return rollback()
+
+
 def build_dags(specs: dict[str, PipelineSpec] | None = None) -> dict[str, DAG]:
     """Every DAG for every spec, keyed by dag_id."""
     dags: dict[str, DAG] = {}
     for spec in (specs or load_specs()).values():
-        for built in (build_feature_etl_dag(spec),):
+        for built in (build_feature_etl_dag(spec), build_training_dag(spec), build_rollback_dag(spec)):
             dags[built.dag_id] = built
     return dags

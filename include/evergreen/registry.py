@@ -12,6 +12,7 @@ in (``decided_at``, e.g. the Airflow logical date) so a rerun rewrites the same 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import logging
 import re
 import time
@@ -28,7 +29,7 @@ CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 CHALLENGER = "challenger"
 # Wait between moving the alias and verifying it (see _compare_and_set_champion); tests shorten it.
-CAS_SETTLE_SECONDS = 2.0
+CAS_SETTLE_SECONDS = float(os.environ.get("EVERGREEN_CAS_SETTLE_SECONDS", "2.0"))
 CHAMPION_CHANGING_KINDS = frozenset({"promoted", "rolled_back"})
 _MAX_TAG = 5000
 # Run tags that describe the run's own lifecycle, not its lineage: not copied onto the model version.

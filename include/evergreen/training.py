@@ -390,6 +390,9 @@ def code_version() -> str:
     return f"{__version__}+{extra}" if extra else __version__
 
 
+ARTIFACT_ROOT_ENV = "EVERGREEN_MLFLOW_ARTIFACT_ROOT"
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment id for ``name``, created if missing (tolerating a concurrent creator)."""
     from mlflow.exceptions import MlflowException
@@ -397,8 +400,10 @@ def ensure_experiment(name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    # Without a tracking server, MLflow would put artifacts in ./mlruns of whatever the cwd is.
+    artifact_root = os.environ.get(ARTIFACT_ROOT_ENV, "").rstrip("/")
     try:
-        return mlflow.create_experiment(name)
+        return mlflow.create_experiment(name, artifact_location=f"{artifact_root}/{name}" if artifact_root else None)
     except MlflowException:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
