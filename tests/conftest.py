@@ -141,7 +141,7 @@ def run_dag(dag_id: str, ds: dt.date | None = None, conf: dict | None = None):
     """Run a DAG from the project's dags folder with ``dag.test()``; return the finished DagRun."""
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not bag.import_errors, bag.import_errors
     dag = bag.get_dag(dag_id)
     assert dag is not None, f"no DAG {dag_id}; have {sorted(bag.dag_ids)}"
