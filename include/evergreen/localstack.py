@@ -616,6 +616,18 @@ class LocalStack:
             "max_active_runs": max_active_runs, "reprocess_behavior": reprocess_behavior,
         })
 
+    def wait_for_backfill(self, backfill_id: int, timeout: float = 600, poll: float = 2.0) -> dict[str, Any]:
+        """Wait until the scheduler marks a backfill completed (it checks every 30 s); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive(self._procs)
+            backfill = self.get(f"/backfills/{backfill_id}")
+            if backfill.get("completed_at"):
+                return backfill
+            if time.monotonic() > deadline:
+                raise StackError(f"backfill {backfill_id} not completed after {timeout:.0f}s: {backfill}")
+            time.sleep(poll)
+
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
         while True:

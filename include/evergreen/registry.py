@@ -305,6 +305,10 @@ def promote_if_better(
         "evergreen.primary_metric": str(summary["primary_metric"]),
         "evergreen.primary_metric_value": str(summary["challenger"]),
         "evergreen.champion_evaluated_against": str(expected),
+        # One tag per gate keeps the report readable in the MLflow UI's version page.
+        **{f"evergreen.gate.{g['name']}": f"{'pass' if g.get('passed') else 'fail'} value={g.get('value')} "
+                                           f"threshold={g.get('threshold')}"[:_MAX_TAG]
+           for g in gate_report.get("gates", [])},
     }
     version = _find_or_register(client, name, run_id, model_uri, version_tags)
     _tag_version(client, name, version, version_tags)
