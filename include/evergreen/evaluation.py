@@ -297,7 +297,7 @@ def _known_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in METRIC_DIRECTIONS}
 
 
-def _score(model_uri: str, holdout: pd.DataFrame) -> np.ndarray:
+def score_frame(model_uri: str, holdout: pd.DataFrame) -> np.ndarray:
     """Predict with a logged pyfunc on the columns its signature asks for."""
     import mlflow
 
@@ -337,7 +337,7 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     y_true = holdout[spec.target.name].to_numpy(dtype=float)
 
     model_uri = tags.get("evergreen.model_uri") or f"runs:/{run_id}/model"
-    challenger_pred = _score(model_uri, holdout)
+    challenger_pred = score_frame(model_uri, holdout)
     challenger_metrics = compute_metrics(spec.task_type, y_true, challenger_pred)
 
     baseline_run_id = tags.get("evergreen.baseline_run_id")
@@ -348,7 +348,7 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     if champion is not None:
         # A champion that cannot score this holdout (e.g. the feature list changed) raises: an operator
         # must decide, silently treating it as "no champion" would auto-promote anything.
-        champion_pred = _score(f"models:/{spec.registered_model_name}/{champion.version}", holdout)
+        champion_pred = score_frame(f"models:/{spec.registered_model_name}/{champion.version}", holdout)
         champion_metrics = compute_metrics(spec.task_type, y_true, champion_pred)
 
     slice_metrics: dict[str, dict[str, float]] = {}

@@ -10,11 +10,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronDataIntervalTimetable,
+    CronTriggerTimetable,
+    Param,
+    PokeReturnValue,
+    dag,
+    get_current_context,
+    task,
+)
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from evergreen.errors import DataQualityError, MissingDataError
@@ -71,7 +82,7 @@ def partition_date_from_context(spec: PipelineSpec, param: str = "ds") -> dt.dat
 
 
 @contextlib.contextmanager
-def data_errors_fail_fast(spec: PipelineSpec) -> Iterator[None]:
+def data_errors_fail_fast(spec: PipelineSpec) -> Generator[None, None, None]:
     """Bad data fails the task without retries (retrying cannot fix it); a missing day follows the spec."""
     try:
         yield
@@ -353,10 +364,148 @@ appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --s
     return rollback()
 
 
+def drift_reports_asset(spec: PipelineSpec) -> Asset:
+    return Asset(name=f"drift_reports/{spec.name}", uri=f"evergreen://{spec.name}/drift_reports", group="evergreen")
+
+
+def build_drift_monitor_dag(spec: PipelineSpec) -> DAG:
+    """``<spec>_drift_monitor``: one drift report per feature partition, on each publication and daily."""
+    features = features_asset(spec)
+    reports_asset = drift_reports_asset(spec)
+
+    @dag(
+        dag_id=spec.dag_id("drift_monitor"),
+        description=f"Batch scoring and drift reports for {spec.name}",
+        doc_md=f"""
+### Drift monitor for `{spec.name}`
+
+Runs when a feature partition is published (asset `features/{spec.name}`) and daily as a catch-up.
+Every published partition without a current report is:
+
+1. scored with `models:/{spec.registered_model_name}@champion` (and `@challenger` as shadow predictions) into
+   `predictions/{spec.name}/ds=.../` (manifest, model version in every row);
+2. compared with the champion's reference profile: PSI, KS, missing rates, prediction drift and, with labels,
+   the day's performance vs the champion's holdout metric;
+3. written to `reports/drift/{spec.name}/ds=.../report.json` + `report.html`; then the asset
+   `drift_reports/{spec.name}` is updated for the sensor.
+
+Reruns are idempotent (one report per partition); a day missed while the scheduler was down is caught up.
+""",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(spec.drift.monitor_cron, timezone=spec.schedule.timezone),
+            assets=[features],
+        ),
+        start_date=_start_date(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec, timeout_minutes=30),
+        tags=sorted({"evergreen", "monitoring", spec.name, *spec.tags}),
+    )
+    def drift_monitor() -> None:
+        @task(multiple_outputs=False)
+        def find_unreported_partitions() -> list[str]:
+            from evergreen import monitoring
+
+            return monitoring.pending_partitions(spec)
+
+        @task(multiple_outputs=False, map_index_template="{{ task.op_kwargs['day'] }}", max_active_tis_per_dagrun=2)
+        def monitor_partition(day: str) -> dict[str, Any]:
+            from evergreen import monitoring
+
+            with data_errors_fail_fast(spec):
+                return monitoring.monitor_partition(spec, dt.date.fromisoformat(day))
+
+        @task(multiple_outputs=False, outlets=[reports_asset])
+        def announce_drift_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+            reports = sorted(reports, key=lambda r: r["ds"])
+            summary = {
+                "reports": [r["key"] for r in reports],
+                "drifted": [r["ds"] for r in reports if r["drift_detected"]],
+            }
+            get_current_context()["outlet_events"][reports_asset].extra = summary
+            return summary
+
+        announce_drift_reports(monitor_partition.expand(day=find_unreported_partitions()))
+
+    return drift_monitor()
+
+
+def build_drift_sensor_dag(spec: PipelineSpec) -> DAG:
+    """``<spec>_drift_sensor``: wait for unacted drift reports, decide, trigger at most one retrain."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+    cfg = spec.drift
+    training_id = spec.dag_id("training")
+    decision = "ti.xcom_pull(task_ids='decide_retrain')['trigger']"
+
+    @dag(
+        dag_id=spec.dag_id("drift_sensor"),
+        description=f"Drift-triggered retraining of {spec.name} with dedup, hysteresis and cooldown",
+        doc_md=f"""
+### Drift sensor for `{spec.name}`
+
+Every `{spec.schedule.drift_sensor_cron}`: a sensor in **reschedule mode** (no worker slot held while waiting)
+looks for drift reports without a trigger-ledger entry, then `decide_retrain` records one decision per report
+in `models/{spec.name}/drift_triggers/`:
+
+- `no_drift`; `below_hysteresis` (fewer than {cfg.consecutive_reports} consecutive drifted reports);
+- `cooldown` (a drift retrain was triggered less than {cfg.cooldown_hours:g} h ago);
+- `duplicate` / `superseded`; `triggered`: `{training_id}` starts with conf `reason=drift`, the report and
+  `as_of` = the report's day, under the run id `drift__<ds>__<report sha>`: one report, at most one retrain.
+""",
+        schedule=CronTriggerTimetable(spec.schedule.drift_sensor_cron, timezone=spec.schedule.timezone),
+        start_date=_start_date(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec, timeout_minutes=15),
+        tags=sorted({"evergreen", "monitoring", spec.name, *spec.tags}),
+    )
+    def drift_sensor() -> None:
+        @task.sensor(poke_interval=cfg.sensor_poke_seconds, timeout=cfg.sensor_timeout_minutes * 60,
+                     mode="reschedule", soft_fail=True, retries=0)
+        def wait_for_unacted_drift_reports() -> PokeReturnValue:
+            from evergreen import monitoring
+
+            pending = monitoring.unacted_reports(spec)
+            return PokeReturnValue(is_done=bool(pending), xcom_value=[r["key"] for r in pending])
+
+        @task(multiple_outputs=False, retries=0)
+        def decide_retrain() -> dict[str, Any]:
+            from evergreen import monitoring
+
+            dag_run = get_current_context()["dag_run"]
+            return monitoring.decide_retrain(spec, now=dag_run.run_after)
+
+        @task.short_circuit(retries=0)
+        def retrain_needed(decided: dict[str, Any]) -> bool:
+            return decided["trigger"] is not None
+
+        decided = decide_retrain()
+        trigger_retrain = TriggerDagRunOperator(
+            task_id="trigger_retrain",
+            trigger_dag_id=training_id,
+            trigger_run_id="{{ " + decision + "['run_id'] }}",
+            conf={
+                "as_of": "{{ " + decision + "['conf']['as_of'] }}",
+                "reason": "drift",
+                "drift_report": "{{ " + decision + "['conf']['drift_report'] }}",
+            },
+            skip_when_already_exists=True,
+            wait_for_completion=False,
+            retries=2,
+        )
+        wait_for_unacted_drift_reports() >> decided
+        retrain_needed(decided) >> trigger_retrain
+
+    return drift_sensor()
+
+
 def build_dags(specs: dict[str, PipelineSpec] | None = None) -> dict[str, DAG]:
     """Every DAG for every spec, keyed by dag_id."""
     dags: dict[str, DAG] = {}
     for spec in (specs or load_specs()).values():
-        for built in (build_feature_etl_dag(spec), build_training_dag(spec), build_rollback_dag(spec)):
+        for builder in (build_feature_etl_dag, build_training_dag, build_rollback_dag, build_drift_monitor_dag,
+                        build_drift_sensor_dag):
+            built = builder(spec)
             dags[built.dag_id] = built
     return dags

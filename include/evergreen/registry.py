@@ -12,8 +12,8 @@ in (``decided_at``, e.g. the Airflow logical date) so a rerun rewrites the same 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping

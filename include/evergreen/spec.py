@@ -192,6 +192,9 @@ class DriftSpec(_Model):
     max_performance_drop: float = Field(default=0.05, ge=0)
     consecutive_reports: int = Field(default=1, ge=1)
     cooldown_hours: float = Field(default=24.0, ge=0)
+    sensor_poke_seconds: float = Field(default=60.0, ge=1)
+    sensor_timeout_minutes: float = Field(default=10.0, gt=0)
+    monitor_cron: str = "0 6 * * *"
 
 
 class SimulationSpec(_Model):
