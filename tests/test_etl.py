@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import re
 import json
+import re
 from pathlib import Path
 
 import pandas as pd

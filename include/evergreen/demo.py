@@ -1,0 +1,310 @@
+"""``make demo``: a local Airflow 3 + MLflow stack running Evergreen's fraud pipeline end to end.
+
+    python -m evergreen.demo            # start the stack, backfill 28 days of features, train, promote
+    python -m evergreen.demo status     # what is running, and where
+    python -m evergreen.demo stop       # stop the stack (``make stop``)
+
+Everything lives under ``<repo>/.evergreen/demo`` (gitignored): Airflow home and logs, the MLflow
+backend, and the storage root. Dates are fixed, so two runs produce the same data and the same model.
+The stack stays up after the demo so the UIs can be explored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evergreen.localstack import (
+    REPO,
+    LocalStack,
+    StackError,
+    port_in_use,
+    status_from_pidfile,
+    stop_from_pidfile,
+)
+
+DEFAULT_HOME = REPO / ".evergreen" / "demo"
+MARKER = ".evergreen-demo"
+SPEC = "fraud"
+HISTORY_START = dt.date(2026, 10, 1)
+HISTORY_END = dt.date(2026, 10, 28)
+SEED = 42
+ETL_DAG = f"{SPEC}_feature_etl"
+TRAINING_DAG = f"{SPEC}_training"
+ROLLBACK_DAG = f"{SPEC}_rollback"
+
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def elapsed() -> str:
+    return f"{time.monotonic() - _T0:5.1f}s"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def prepare_home(home: Path) -> None:
+    """Start from a clean home; only ever delete a folder this demo created (it holds the marker)."""
+    if home.exists() and any(home.iterdir()):
+        if not (home / MARKER).exists():
+            raise DemoError(f"{home} exists and was not created by the demo; choose another --home")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / MARKER).write_text("created by `python -m evergreen.demo`; deleted by the next demo run\n")
+
+
+def land_history(storage: Path) -> list[str]:
+    os.environ["EVERGREEN_STORAGE_ROOT"] = str(storage)
+    from evergreen.simulate import land_days
+    from evergreen.spec import get_spec
+
+    return land_days(get_spec(SPEC), HISTORY_START, HISTORY_END, seed=SEED)
+
+
+def _run_counts(runs: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["state"]] = counts.get(run["state"], 0) + 1
+    order = ["success", "running", "queued", "failed"]
+    return ", ".join(f"{counts[s]} {s}" for s in order + sorted(set(counts) - set(order)) if counts.get(s))
+
+
+def backfill_features(stack: LocalStack, days: int) -> list[dict[str, Any]]:
+    stack.unpause(ETL_DAG)
+    backfill = stack.backfill(ETL_DAG, HISTORY_START, HISTORY_END, max_active_runs=4)
+    say(f"backfill #{backfill['id']} created for {ETL_DAG} {HISTORY_START}..{HISTORY_END} "
+        f"({days} runs, executed by the scheduler)")
+    last = [0.0]
+
+    def progress(runs: list[dict[str, Any]]) -> None:
+        if time.monotonic() - last[0] >= 10 or all(r["state"] in ("success", "failed") for r in runs):
+            last[0] = time.monotonic()
+            say(f"  [{elapsed()}] {ETL_DAG}: {_run_counts(runs)} of {days}")
+
+    return stack.wait_for_runs(ETL_DAG, count=days, run_type="backfill", timeout=600, progress=progress)
+
+
+def report_failures(stack: LocalStack, dag_id: str, runs: list[dict[str, Any]]) -> None:
+    for run in runs:
+        if run["state"] == "success":
+            continue
+        failed = [ti["task_id"] for ti in stack.task_instances(dag_id, run["dag_run_id"]) if ti["state"] == "failed"]
+        say(f"  FAILED {run['dag_run_id']}: tasks {failed or '?'}")
+    say(f"  task logs: {stack.airflow_home / 'logs'} or the Airflow UI {stack.airflow_url}/dags/{dag_id}")
+
+
+def published_partitions(storage: Path) -> dict[str, dict[str, Any]]:
+    base = storage / "features" / SPEC
+    found = {}
+    for manifest in sorted(base.glob("ds=*/_manifest.json")):
+        found[manifest.parent.name[3:]] = json.loads(manifest.read_text())
+    return found
+
+
+def train(stack: LocalStack) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    stack.unpause(TRAINING_DAG)
+    stack.unpause(ROLLBACK_DAG)
+    run = stack.trigger(TRAINING_DAG, {"as_of": HISTORY_END.isoformat(), "reason": "manual"})
+    run_id = run["dag_run_id"]
+    say(f"triggered {TRAINING_DAG} run {run_id} (as_of={HISTORY_END}, reason=manual)")
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + 600
+    while True:
+        tis = stack.task_instances(TRAINING_DAG, run_id)
+        for ti in sorted(tis, key=lambda t: t.get("start_date") or "9"):
+            state = ti["state"] or "none"
+            if seen.get(ti["task_id"]) != state and state in ("running", "success", "failed", "upstream_failed"):
+                seen[ti["task_id"]] = state
+                took = f" in {ti['duration']:.1f}s" if state == "success" and ti.get("duration") else ""
+                say(f"  [{elapsed()}] {ti['task_id']}: {state}{took}")
+        current = stack.dag_run(TRAINING_DAG, run_id)
+        if current["state"] in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise DemoError(f"{TRAINING_DAG} run {run_id} did not finish in 10 minutes (state {current['state']})")
+        time.sleep(2)
+    if current["state"] != "success":
+        report_failures(stack, TRAINING_DAG, [current])
+        raise DemoError(f"{TRAINING_DAG} run {run_id} failed")
+    decision = stack.xcom(TRAINING_DAG, run_id, "promote_if_better")
+    gates = stack.xcom(TRAINING_DAG, run_id, "evaluate_gates")
+    return current, decision, gates
+
+
+def print_decision(decision: dict[str, Any], gates: dict[str, Any]) -> None:
+    summary = decision.get("gates") or {}
+    metric = summary.get("primary_metric")
+    say(f"decision: {decision.get('kind')} -- model '{decision.get('model_name')}' version {decision.get('version')}; "
+        f"champion {decision.get('champion_before')} -> {decision.get('champion_after')}")
+    say(f"  {metric}: challenger {_fmt(summary.get('challenger'))}, champion {_fmt(summary.get('champion'))}")
+    for gate in gates.get("gates", []):
+        mark = "pass" if gate.get("passed") else "FAIL"
+        threshold = gate.get("threshold")
+        value = gate.get("value")
+        if value is None:
+            text = gate.get("detail", "")
+        else:
+            text = _fmt(value) + (f" (threshold {_fmt(threshold)})" if threshold is not None else "")
+        say(f"  [{mark}] {gate.get('name')}: {text}")
+    for reason in decision.get("reasons") or []:
+        say(f"  reason: {reason}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
+    for label, port, flag in (("Airflow UI", airflow_port, "--airflow-port"), ("MLflow UI", mlflow_port, "--mlflow-port")):
+        if port_in_use(port):
+            say(f"port {port} (for the {label}) is already in use on 127.0.0.1. If it is an earlier demo, run "
+                f"`python -m evergreen.demo stop` (make stop); otherwise free it or pass {flag}.")
+            return 2
+    status = status_from_pidfile(home)
+    if status and any(p.get("alive") for p in status.get("processes", [])):
+        say(f"a demo stack is already running from {home}: `python -m evergreen.demo stop` first")
+        return 2
+    prepare_home(home)
+    storage = home / "storage"
+    stack = LocalStack(home, storage, airflow_port=airflow_port, mlflow_port=mlflow_port)
+    timings: dict[str, float] = {}
+
+    def step(name: str, started: float) -> None:
+        timings[name] = time.monotonic() - started
+
+    say(f"home {home}")
+    say("starting Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite) + MLflow ...")
+    started = time.monotonic()
+    stack.start(wait_for_dags=[ETL_DAG, TRAINING_DAG, ROLLBACK_DAG], timeout=300)
+    step("start stack", started)
+    say(f"  [{elapsed()}] healthy: Airflow {stack.airflow_url}, MLflow {stack.mlflow_url}; DAGs parsed")
+
+    started = time.monotonic()
+    days = (HISTORY_END - HISTORY_START).days + 1
+    written = land_history(storage)
+    step("land raw data", started)
+    say(f"  [{elapsed()}] landed {len(written)} days of simulated '{SPEC}' transactions "
+        f"({HISTORY_START}..{HISTORY_END}, seed {SEED}) under {storage / 'raw' / SPEC}")
+
+    started = time.monotonic()
+    runs = backfill_features(stack, days)
+    step("feature backfill", started)
+    ok = [r for r in runs if r["state"] == "success"]
+    partitions = published_partitions(storage)
+    rows = sum(int(m.get("rows", 0)) for m in partitions.values())
+    say(f"  [{elapsed()}] backfill: {len(ok)}/{len(runs)} runs succeeded (run_type backfill)")
+    if partitions:
+        say(f"  published {len(partitions)} feature partitions with manifests "
+            f"(ds={min(partitions)}..ds={max(partitions)}, {rows:,} rows) under {storage / 'features' / SPEC}")
+    if len(ok) != len(runs):
+        report_failures(stack, ETL_DAG, runs)
+        say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        return 1
+
+    started = time.monotonic()
+    try:
+        _run, decision, gates = train(stack)
+    except DemoError as exc:
+        say(f"ERROR: {exc}")
+        say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        return 1
+    step("training", started)
+    print_decision(decision, gates)
+
+    say("")
+    say(f"done in {time.monotonic() - _T0:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    say("the stack keeps running; look around:")
+    say(f"  Airflow UI   {stack.airflow_url}   user {stack.username}   password {stack.password}")
+    say(f"               DAGs {ETL_DAG}, {TRAINING_DAG}, {ROLLBACK_DAG}")
+    say(f"  MLflow UI    {stack.mlflow_url}   (experiment '{SPEC}', registered model "
+        f"'{decision.get('model_name')}', alias champion -> v{decision.get('champion_after')})")
+    say(f"  storage      {storage}   (raw/, features/, quarantine/, models/{SPEC}/decisions/)")
+    say(f"  logs         {stack.log_dir}  and task logs in {stack.airflow_home / 'logs'}")
+    say("  status: python -m evergreen.demo status    stop: python -m evergreen.demo stop  (make stop)")
+    return 0
+
+
+def status(home: Path) -> int:
+    state = status_from_pidfile(home)
+    if state is None:
+        say(f"no demo stack running from {home}")
+        return 1
+    for proc in state.get("processes", []):
+        say(f"  {proc['name']:<14} pid {proc['pid']:<8} {'running' if proc.get('alive') else 'NOT RUNNING'}"
+            f"   log {proc['log']}")
+    health = state.get("health") or {}
+    if "error" in health:
+        say(f"  Airflow API not answering at {state['airflow_url']}: {health['error']}")
+    else:
+        say("  health: " + ", ".join(f"{k} {v.get('status')}" for k, v in health.items() if isinstance(v, dict)))
+        try:
+            stack = LocalStack.attach(home)
+            for dag_id in (ETL_DAG, TRAINING_DAG, ROLLBACK_DAG):
+                runs = stack.dag_runs(dag_id)
+                say(f"  {dag_id}: {len(runs)} runs" + (f" ({_run_counts(runs)})" if runs else ""))
+            say(f"  Airflow UI {stack.airflow_url}  user {stack.username}  password {stack.password}")
+        except (StackError, OSError) as exc:
+            say(f"  could not query the API: {exc}")
+    if state.get("mlflow_url"):
+        say(f"  MLflow UI  {state['mlflow_url']}")
+    say(f"  storage    {state.get('storage_root')}")
+    alive = all(p.get("alive") for p in state.get("processes", []))
+    return 0 if alive else 1
+
+
+def stop(home: Path) -> int:
+    if not (home / "stack.json").exists():
+        say(f"no demo stack running from {home}")
+        return 0
+    stopped = stop_from_pidfile(home)
+    say(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evergreen.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "status", "stop"])
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("EVERGREEN_DEMO_HOME", DEFAULT_HOME)),
+                        help=f"demo folder (default {DEFAULT_HOME}); `run` wipes it first")
+    parser.add_argument("--airflow-port", type=int, default=8080)
+    parser.add_argument("--mlflow-port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    home = args.home.expanduser().resolve()
+    try:
+        if args.command == "status":
+            return status(home)
+        if args.command == "stop":
+            return stop(home)
+        return run(home, args.airflow_port, args.mlflow_port)
+    except (StackError, DemoError) as exc:
+        say(f"ERROR: {exc}")
+        if args.command == "run" and (home / "stack.json").exists():
+            say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; stopping the stack")
+        stop_from_pidfile(home)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
