@@ -40,6 +40,10 @@ SEED = 42
 ETL_DAG = f"{SPEC}_feature_etl"
 TRAINING_DAG = f"{SPEC}_training"
 ROLLBACK_DAG = f"{SPEC}_rollback"
+MONITOR_DAG = f"{SPEC}_drift_monitor"
+SENSOR_DAG = f"{SPEC}_drift_sensor"
+DRIFT_START = HISTORY_END + dt.timedelta(days=3)  # two normal days, then covariate drift
+PLAY_END = DRIFT_START + dt.timedelta(days=1)
 
 _T0 = time.monotonic()
 
@@ -147,6 +151,115 @@ def train(stack: LocalStack) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
     return current, decision, gates
 
 
+def run_and_wait(stack: LocalStack, dag_id: str, conf: dict[str, Any] | None = None,
+                 timeout: float = 600) -> dict[str, Any]:
+    """Trigger a run without a logical date (as the UI does) and wait for it to finish."""
+    run = stack.trigger(dag_id, conf or {})
+    return stack.wait_for_runs(dag_id, run_ids=[run["dag_run_id"]], timeout=timeout)[0]
+
+
+def monitor_drift(stack: LocalStack) -> dict[str, Any]:
+    """One drift-monitor run: scores and reports every partition that has no report yet."""
+    run = run_and_wait(stack, MONITOR_DAG)
+    if run["state"] != "success":
+        report_failures(stack, MONITOR_DAG, [run])
+        raise DemoError(f"{MONITOR_DAG} run {run['dag_run_id']} failed")
+    states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(MONITOR_DAG, run["dag_run_id"])}
+    if states.get("announce_drift_reports") != "success":
+        return {"reports": [], "drifted": []}
+    return stack.xcom(MONITOR_DAG, run["dag_run_id"], "announce_drift_reports")
+
+
+def sense_drift(stack: LocalStack) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One drift-sensor run: its decisions, and the training run it started (if any), finished."""
+    run = run_and_wait(stack, SENSOR_DAG)
+    if run["state"] != "success":
+        report_failures(stack, SENSOR_DAG, [run])
+        raise DemoError(f"{SENSOR_DAG} run {run['dag_run_id']} failed")
+    states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(SENSOR_DAG, run["dag_run_id"])}
+    if states.get("decide_retrain") != "success":  # the sensor found nothing new and soft-failed
+        return {"decisions": [], "trigger": None}, None
+    decided = stack.xcom(SENSOR_DAG, run["dag_run_id"], "decide_retrain")
+    if not decided.get("trigger"):
+        return decided, None
+    run_id = decided["trigger"]["run_id"]
+    training = stack.wait_for_runs(TRAINING_DAG, run_ids=[run_id], timeout=600)[0]
+    return decided, training
+
+
+def play_days(stack: LocalStack, storage: Path, start: dt.date, end: dt.date, *, drift: str | None,
+              drift_start: dt.date | None) -> list[dict[str, Any]]:
+    """Land new raw days (optionally drifted) and run the feature ETL for each through the scheduler."""
+    os.environ["EVERGREEN_STORAGE_ROOT"] = str(storage)
+    from evergreen.simulate import land_days
+    from evergreen.spec import get_spec
+
+    land_days(get_spec(SPEC), start, end, seed=SEED, drift=drift, drift_start=drift_start)
+    run_ids = []
+    day = start
+    while day <= end:
+        run_ids.append(stack.trigger(ETL_DAG, {"ds": day.isoformat()})["dag_run_id"])
+        day += dt.timedelta(days=1)
+    runs = stack.wait_for_runs(ETL_DAG, run_ids=run_ids, timeout=600)
+    if any(r["state"] != "success" for r in runs):
+        report_failures(stack, ETL_DAG, runs)
+        raise DemoError("feature ETL failed for a played day")
+    return runs
+
+
+def print_sensor(decided: dict[str, Any]) -> None:
+    interesting = [d for d in decided.get("decisions", []) if d["decision"] != "no_drift"]
+    quiet = len(decided.get("decisions", [])) - len(interesting)
+    if quiet:
+        say(f"  {quiet} report(s) without drift: no_drift")
+    for entry in interesting:
+        say(f"  ds={entry['ds']}: {entry['decision']}"
+            + (f" -> {entry['trigger_run_id']}" if entry.get("trigger_run_id") else "")
+            + (f" ({entry['detail']})" if entry.get("detail") else ""))
+
+
+def drift_story(stack: LocalStack, storage: Path) -> dict[str, Any]:
+    """Monitor history, play normal then drifted days, let the sensor retrain once, then hit the cooldown."""
+    for dag_id in (MONITOR_DAG, SENSOR_DAG):
+        stack.unpause(dag_id)
+    say(f"drift monitor: reports for the {HISTORY_END - HISTORY_START + dt.timedelta(days=1)} history, against the champion ...")
+    summary = monitor_drift(stack)
+    say(f"  [{elapsed()}] {len(summary['reports'])} reports, drift on {summary['drifted'] or 'no day'}")
+    decided, _ = sense_drift(stack)
+    print_sensor(decided)
+
+    say(f"playing {HISTORY_END + dt.timedelta(days=1)}..{PLAY_END}: covariate drift injected from {DRIFT_START} "
+        "(amounts up, more web/digital goods)")
+    play_days(stack, storage, HISTORY_END + dt.timedelta(days=1), PLAY_END - dt.timedelta(days=1),
+              drift="covariate", drift_start=DRIFT_START)
+    summary = monitor_drift(stack)
+    say(f"  [{elapsed()}] new reports: {[r.split('ds=')[1][:10] for r in summary['reports']]}; "
+        f"drift detected on {summary['drifted'] or 'no day'}")
+    for ds in summary["drifted"]:
+        report = json.loads((storage / "reports" / "drift" / SPEC / f"ds={ds}" / "report.json").read_text())
+        for reason in report["reasons"][:3]:
+            say(f"    ds={ds}: {reason}")
+    decided, training = sense_drift(stack)
+    print_sensor(decided)
+    result: dict[str, Any] = {"first_trigger": decided.get("trigger"), "training": training}
+    if training is not None:
+        say(f"  [{elapsed()}] drift-triggered {TRAINING_DAG} run {training['dag_run_id']}: {training['state']} "
+            f"(conf {decided['trigger']['conf']})")
+        if training["state"] == "success":
+            decision = stack.xcom(TRAINING_DAG, training["dag_run_id"], "promote_if_better")
+            gates = stack.xcom(TRAINING_DAG, training["dag_run_id"], "evaluate_gates")
+            print_decision(decision, gates)
+            result["decision"] = decision
+
+    say(f"one more drifted day ({PLAY_END}): the cooldown must hold the next retrain back")
+    play_days(stack, storage, PLAY_END, PLAY_END, drift="covariate", drift_start=DRIFT_START)
+    monitor_drift(stack)
+    decided, training = sense_drift(stack)
+    print_sensor(decided)
+    result["second_trigger"] = decided.get("trigger")
+    return result
+
+
 def print_decision(decision: dict[str, Any], gates: dict[str, Any]) -> None:
     summary = decision.get("gates") or {}
     metric = summary.get("primary_metric")
@@ -194,7 +307,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     say(f"home {home}")
     say("starting Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite) + MLflow ...")
     started = time.monotonic()
-    stack.start(wait_for_dags=[ETL_DAG, TRAINING_DAG, ROLLBACK_DAG], timeout=300)
+    stack.start(wait_for_dags=[ETL_DAG, TRAINING_DAG, ROLLBACK_DAG, MONITOR_DAG, SENSOR_DAG], timeout=300)
     step("start stack", started)
     say(f"  [{elapsed()}] healthy: Airflow {stack.airflow_url}, MLflow {stack.mlflow_url}; DAGs parsed")
 
@@ -230,14 +343,27 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     step("training", started)
     print_decision(decision, gates)
 
+    started = time.monotonic()
+    try:
+        story = drift_story(stack, storage)
+    except DemoError as exc:
+        say(f"ERROR: {exc}")
+        say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        return 1
+    step("drift loop", started)
+    decision = story.get("decision") or decision
+
     say("")
     say(f"done in {time.monotonic() - _T0:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     say("the stack keeps running; look around:")
     say(f"  Airflow UI   {stack.airflow_url}   user {stack.username}   password {stack.password}")
-    say(f"               DAGs {ETL_DAG}, {TRAINING_DAG}, {ROLLBACK_DAG}")
+    say(f"               DAGs {ETL_DAG}, {TRAINING_DAG}, {MONITOR_DAG}, {SENSOR_DAG}, {ROLLBACK_DAG}")
     say(f"  MLflow UI    {stack.mlflow_url}   (experiment '{SPEC}', registered model "
         f"'{decision.get('model_name')}', alias champion -> v{decision.get('champion_after')})")
-    say(f"  storage      {storage}   (raw/, features/, quarantine/, models/{SPEC}/decisions/)")
+    say(f"  storage      {storage}   (raw/, features/, predictions/, reports/drift/{SPEC}/ds=*/report.html,")
+    say(f"               models/{SPEC}/decisions/ and models/{SPEC}/drift_triggers/)")
+    say(f"  history      EVERGREEN_STORAGE_ROOT={storage} MLFLOW_TRACKING_URI={stack.mlflow_url} "
+        f".venv/bin/evergreen history --spec {SPEC}")
     say(f"  logs         {stack.log_dir}  and task logs in {stack.airflow_home / 'logs'}")
     say("  status: python -m evergreen.demo status    stop: python -m evergreen.demo stop  (make stop)")
     return 0
