@@ -222,7 +222,8 @@ def drift_story(stack: LocalStack, storage: Path) -> dict[str, Any]:
     """Monitor history, play normal then drifted days, let the sensor retrain once, then hit the cooldown."""
     for dag_id in (MONITOR_DAG, SENSOR_DAG):
         stack.unpause(dag_id)
-    say(f"drift monitor: reports for the {HISTORY_END - HISTORY_START + dt.timedelta(days=1)} history, against the champion ...")
+    say(f"drift monitor: a report per partition of the {(HISTORY_END - HISTORY_START).days + 1}-day history, "
+        "against the champion's reference profile ...")
     summary = monitor_drift(stack)
     say(f"  [{elapsed()}] {len(summary['reports'])} reports, drift on {summary['drifted'] or 'no day'}")
     decided, _ = sense_drift(stack)
