@@ -317,9 +317,13 @@ def test_prediction_drift(spec: PipelineSpec, reference: tuple[pd.DataFrame, dic
     assert same["prediction"]["status"] == "ok" and same["prediction"]["psi"] < 0.05
     assert same["drift_detected"] is False
 
-    shifted = report_for(spec, profile, current, scores=np.random.default_rng(3).beta(4.0, 6.0, 3000))
+    shifted_scores = np.random.default_rng(3).beta(4.0, 6.0, 3000)
+    shifted = report_for(spec, profile, current, scores=shifted_scores)
     assert shifted["prediction"]["psi"] > spec.drift.prediction_psi_threshold
     assert shifted["prediction"]["drifted"] is True
+    assert shifted["drift_detected"] is False  # reported, but not part of the verdict by default
+    judged = spec.model_copy(update={"drift": spec.drift.model_copy(update={"prediction_drift_in_verdict": True})})
+    shifted = report_for(judged, profile, current, scores=shifted_scores)
     assert shifted["drift_detected"] and shifted["reasons"][0].startswith("prediction PSI")
 
     no_scores = dict(profile, scores=None)

@@ -10,7 +10,8 @@ Monitor rules (thresholds from ``spec.drift``):
   shift is material (PSI >= ``psi_threshold / 2``: large samples make KS reject negligible shifts); or
   its missing rate moved by >= ``missing_rate_delta``;
 * the day drifts when the share of drifted features > ``max_drifted_share``, or a ``key_features`` member
-  drifted, or the prediction PSI > ``prediction_psi_threshold``, or (labels known) the primary metric is
+  drifted, or (with ``prediction_drift_in_verdict``) the prediction PSI > ``prediction_psi_threshold``, or
+  (labels known) the primary metric is
   worse than the champion's holdout value by more than ``max_performance_drop`` (relative, as the gates).
 
 Calendar features (day of week, weekend flag) are reported but not judged: a one-day partition always
@@ -516,7 +517,7 @@ def drift_report(
             prediction = numeric_drift(profile["scores"], score_values)
             flagged = prediction["psi"] is not None and prediction["psi"] > threshold
             prediction.update(status="ok", threshold=threshold, drifted=bool(flagged))
-            if flagged:
+            if flagged and cfg.prediction_drift_in_verdict:
                 reasons.append(f"prediction PSI {prediction['psi']:.3f} > prediction_psi_threshold {threshold}")
         else:
             prediction = {"status": "the reference profile has no scores", "threshold": threshold, "drifted": False}

@@ -189,6 +189,9 @@ class DriftSpec(_Model):
     max_drifted_share: float = Field(default=0.3, gt=0, le=1)
     key_features: list[str] = Field(default_factory=list)
     prediction_psi_threshold: float = Field(default=0.2, gt=0)
+    # Prediction drift is always reported; it decides the verdict only when this is set, because models
+    # with calendar features legitimately move their scores with the weekly cycle.
+    prediction_drift_in_verdict: bool = False
     max_performance_drop: float = Field(default=0.05, ge=0)
     consecutive_reports: int = Field(default=1, ge=1)
     cooldown_hours: float = Field(default=24.0, ge=0)
