@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -209,12 +208,12 @@ def test_weekly_seasonality_in_volume(fraud, delivery):
     assert len(simulate.generate_day(fraud, START, rows=500)) == pytest.approx(500, rel=0.2)
 
 
-def test_generation_is_fast(fraud, delivery):
+def test_large_days_generate_requested_volume(fraud, delivery):
+    # Speed is measured by the benchmarks (make bench); this only checks that large days work.
     for spec in (fraud, delivery):
-        started = time.perf_counter()
         frame = simulate.generate_day(spec, START, rows=100_000)
-        assert time.perf_counter() - started < 2.0
-        assert len(frame) > 80_000
+        assert len(frame) == pytest.approx(100_000, rel=0.25)
+        assert frame[spec.entity_keys[0]].is_unique
 
 
 # ------------------------------------------------------------------------------------- drift

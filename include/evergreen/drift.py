@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from evergreen.errors import EvergreenError
+from evergreen.evaluation import json_safe
+from evergreen.features import add_time_features
 from evergreen.spec import FeatureType, PipelineSpec
 
 PROFILE_VERSION = 1
@@ -368,35 +370,6 @@ def _as_date(ds: dt.date | str) -> dt.date:
     return dt.date.fromisoformat(str(ds)[:10])
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types; NaN/inf become None."""
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _with_time_features(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
-    """Derive the time features from the timestamp when a frame lacks them (same rules as the ETL)."""
-    from evergreen.spec import TIME_FEATURES
-
-    if not spec.etl.time_features or spec.timestamp_column not in frame.columns:
-        return frame
-    if all(name in frame.columns for name in TIME_FEATURES):
-        return frame
-    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
-    frame = frame.copy()
-    frame["event_hour"] = local.dt.hour.astype("float64")
-    frame["event_day_of_week"] = local.dt.day_of_week.astype("float64")
-    frame["is_weekend"] = (local.dt.day_of_week >= 5).astype("boolean")
-    return frame
-
-
 def _performance(spec: PipelineSpec, labels: Any, scores: np.ndarray | None, champion_metric: Any,
                  rows: int) -> dict[str, Any]:
     """The day's metrics on labelled rows vs the champion's holdout primary metric (relative drop)."""
@@ -472,9 +445,9 @@ def drift_report(
     }
     if rows == 0:
         report["reasons"] = ["no rows"]
-        return _json_safe(report)
+        return json_safe(report)
 
-    frame = _with_time_features(frame, spec)
+    frame = add_time_features(frame, spec, overwrite=False)
     reference = profile.get("features") or {}
     results: dict[str, dict[str, Any]] = {}
     for name, kind in spec.model_features.items():
@@ -541,7 +514,7 @@ def drift_report(
         reasons=reasons,
         drift_detected=bool(reasons),
     )
-    return _json_safe(report)
+    return json_safe(report)
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -756,7 +729,7 @@ def write_drift_report(spec: PipelineSpec | str, ds: dt.date | str, report: Mapp
     day = _as_date(ds)
     if report.get("spec") not in (None, name) or report.get("ds") not in (None, day.isoformat()):
         raise ValueError(f"report is for {report.get('spec')} ds={report.get('ds')}, not {name} ds={day}")
-    report = _json_safe(dict(report))
+    report = json_safe(dict(report))
     directory = drift_report_dir(name, day)
     html_path, json_path = directory / "report.html", directory / "report.json"
     storage.write_bytes_atomic(html_path, render_report_html(report).encode("utf-8"))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from evergreen import __version__, storage
 from evergreen.errors import DataQualityError, MissingDataError
+from evergreen.features import add_time_features
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 from evergreen.validation import partition_bounds, validate_frame
 
@@ -160,8 +161,7 @@ def build_features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     out: dict[str, Any] = {}
     for key in spec.entity_keys:
         out[key] = frame[key].astype("str")
-    ts = frame[spec.timestamp_column]
-    out[spec.timestamp_column] = ts
+    out[spec.timestamp_column] = frame[spec.timestamp_column]
     for feature in spec.features:
         values = frame[feature.name]
         if feature.type == FeatureType.NUMERIC:
@@ -170,17 +170,13 @@ def build_features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
             out[feature.name] = _to_boolean(values)
         else:
             out[feature.name] = values.astype("str").where(values.notna(), None).astype("str")
-    if spec.etl.time_features:
-        local = ts.dt.tz_convert(spec.schedule.timezone)
-        out["event_hour"] = local.dt.hour.astype("float64")
-        out["event_day_of_week"] = local.dt.dayofweek.astype("float64")
-        out["is_weekend"] = (local.dt.dayofweek >= 5).astype("boolean")
     target = frame[spec.target.name]
     if spec.task_type == TaskType.BINARY_CLASSIFICATION:
         out[spec.target.name] = pd.to_numeric(target).astype("int64")
     else:
         out[spec.target.name] = pd.to_numeric(target).astype("float64")
-    features = pd.DataFrame(out)
+    features = add_time_features(pd.DataFrame(out), spec)
+    features = features[[*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]]
     # Sort so the same rows in any input order give the same bytes.
     features = features.sort_values([spec.timestamp_column, *spec.entity_keys], kind="stable")
     return features.reset_index(drop=True)

@@ -176,7 +176,7 @@ class GateReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["failed"] = [g.name for g in self.failed]
-        return _json_safe(out)
+        return json_safe(out)
 
 
 def _finite(value: Any) -> bool:
@@ -280,12 +280,12 @@ def evaluate_gates(
     )
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Plain JSON types; NaN/inf become None (JSON has no NaN)."""
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -370,7 +370,7 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
         "data_digest": tags.get("evergreen.data_digest"),
         "as_of": tags.get("evergreen.as_of"),
     }
-    result = _json_safe(result)
+    result = json_safe(result)
     client.log_dict(run_id, result, GATES_ARTIFACT)
     client.set_tag(run_id, "evergreen.gates_passed", str(report.passed).lower())
     storage.write_json_atomic(
