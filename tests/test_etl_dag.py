@@ -113,3 +113,25 @@ def test_etl_dag_on_s3_over_http(airflow_db: Path, s3_storage: str) -> None:
     # The object listing shows only committed files: the data file and the manifest.
     names = sorted(p.name for p in storage.partition_dir("features", "fraud", DAYS[0]).iterdir())
     assert names == ["_manifest.json", f"part-{before[:16]}.parquet"]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("fail", "AirflowFailException"), ("skip", "AirflowSkipException")])
+def test_missing_or_empty_day_follows_the_spec(storage_root: Path, policy: str, expected: str) -> None:
+    import pandas as pd
+    from evergreen import etl
+    from evergreen.factory import data_errors_fail_fast
+
+    spec = FRAUD.model_copy(update={"etl": FRAUD.etl.model_copy(update={"on_missing_day": policy})})
+    with pytest.raises(Exception) as missing, data_errors_fail_fast(spec):
+        etl.validate_raw_partition(spec, DAYS[0])
+    assert type(missing.value).__name__ == expected
+    assert "no raw data" in str(missing.value)
+
+    empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in spec.raw_columns})
+    path = Path(storage.resolve(spec.source.path.format(ds=DAYS[0].isoformat())).path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(storage.frame_to_parquet_bytes(empty))
+    with pytest.raises(Exception) as no_rows, data_errors_fail_fast(spec):
+        etl.validate_raw_partition(spec, DAYS[0])
+    assert type(no_rows.value).__name__ == expected
+    assert storage.list_partitions("features", "fraud") == {}
