@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.evergreen-installed
 export PYTHONPATH :=
 
-.PHONY: help setup demo stop status test test-fast lint lock clean
+.PHONY: help setup demo stop status test test-fast lint lock clean bench env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,12 +40,18 @@ test: setup ## run every test tier (unit, DAG, S3 over HTTP, real scheduler)
 test-fast: setup ## skip the slow tiers (real scheduler)
 	@$(BIN)/python -m pytest -m "not scheduler"
 
+bench: setup ## benchmarks vs their baselines (BENCH_ARGS="--scale L --only training"); see docs/performance.md
+	@$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 lint: setup ## ruff (with Airflow's AIR rules)
 	@$(BIN)/ruff check .
 
 lock: ## re-resolve requirements*.lock from requirements*.txt
 	@$(BIN)/uv pip compile -q -p 3.11 requirements.txt -o requirements.lock
 	@$(BIN)/uv pip compile -q -p 3.11 requirements-dev.txt -o requirements-dev.lock
+
+env: ## write .env for docker compose with freshly generated secrets (keeps an existing one)
+	@$(PYTHON) scripts/make-env.py
 
 clean: stop ## remove local demo state (not the venv)
 	rm -rf .evergreen
