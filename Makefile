@@ -37,8 +37,8 @@ test: setup ## run every test tier (unit, DAG, S3 over HTTP, real scheduler)
 	@echo "[test] running the whole suite"
 	@$(BIN)/python -m pytest
 
-test-fast: setup ## skip the slow tiers (real scheduler)
-	@$(BIN)/python -m pytest -m "not scheduler"
+test-fast: setup ## skip the slow tiers (real scheduler, production topology)
+	@$(BIN)/python -m pytest -m "not scheduler and not production"
 
 bench: setup ## benchmarks vs their baselines (BENCH_ARGS="--scale L --only training"); see docs/performance.md
 	@$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Generator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,8 @@ PREDICTION_COLUMN = "prediction"
 CODE_VERSION_ENV = "EVERGREEN_CODE_VERSION"
 DEFAULT_NTHREAD = 4  # fixed, not cpu_count(): the thread count must not depend on the worker's size
 MAX_TAG_VALUE = 5000
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ window
@@ -179,8 +183,13 @@ def _derive_time_features(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFra
     return frame
 
 
-def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
-    """One published partition with the columns training needs, file hashes verified, capped if configured."""
+def _read_published(spec: PipelineSpec, ds: dt.date, expected_sha: str | None,
+                    columns: list[str] | None = None) -> pd.DataFrame:
+    """The files a partition's manifest lists, hashes verified; only ``columns`` (those present) if given."""
+    import io
+
+    import pyarrow.parquet as pq
+
     directory = storage.partition_dir(FEATURES_ZONE, spec.name, ds)
     manifest = storage.read_manifest(directory)
     if manifest is None:
@@ -190,24 +199,86 @@ def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -
             f"{spec.name} ds={ds} was republished after the window was selected "
             f"({expected_sha[:12]} -> {str(manifest['content_sha256'])[:12]}); select the window again"
         )
+    frames = []
+    for entry in manifest["files"]:
+        try:
+            data = (directory / entry["name"]).read_bytes()
+        except FileNotFoundError as exc:  # republished (old files dropped) while we were reading
+            raise DataQualityError(f"{spec.name} ds={ds}: {exc}") from exc
+        if storage.sha256_bytes(data) != entry["sha256"]:
+            raise DataQualityError(f"{directory / entry['name']} does not match its manifest hash")
+        wanted = None
+        if columns is not None:
+            present = set(pq.read_schema(io.BytesIO(data)).names)
+            wanted = [c for c in columns if c in present]
+        frames.append(pd.read_parquet(io.BytesIO(data), columns=wanted))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _is_sorted(frame: pd.DataFrame, by: list[str]) -> bool:
+    """Whether ``frame`` is already in lexicographic ``by`` order (ETL output is), without sorting it."""
+    n = len(frame)
+    if n < 2:
+        return True
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     try:
-        frame = storage.read_partition_frame(directory)
-    except ValueError as exc:  # hash mismatch
-        raise DataQualityError(str(exc)) from exc
-    frame = _derive_time_features(frame, spec)
-    wanted = [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
+        undecided = np.ones(n - 1, dtype=bool)
+        for column in by:
+            values = frame[column]
+            if values.hasnans:
+                return False
+            if pd.api.types.is_datetime64_any_dtype(values):
+                values = values.astype("int64")  # epoch units: numpy compares them natively
+            if isinstance(values.dtype, pd.StringDtype):  # compare in Arrow, not str by str in Python
+                text = pa.chunked_array(pa.array(values, type=pa.large_string())).combine_chunks()
+                earlier, later = text[:-1], text[1:]
+                greater = pc.greater(earlier, later).to_numpy(zero_copy_only=False)
+                equal = pc.equal(earlier, later).to_numpy(zero_copy_only=False)
+            else:
+                array = values.to_numpy()
+                greater, equal = array[:-1] > array[1:], array[:-1] == array[1:]
+            if (undecided & greater).any():
+                return False
+            undecided &= equal
+            if not undecided.any():
+                return True
+        return True
+    except (TypeError, pa.ArrowException):  # incomparable values: let sort_values decide (and raise)
+        return False
+
+
+def _sort_day(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
+    # Sorting makes the row order independent of how the ETL split the day into files.
+    by = [spec.timestamp_column, *spec.entity_keys]
+    if not _is_sorted(frame, by):
+        frame = frame.sort_values(by, kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def _training_columns(spec: PipelineSpec) -> list[str]:
+    return [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
+
+
+def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
+    """One published partition with the columns training needs, file hashes verified, capped if configured."""
+    frame = _derive_time_features(_read_published(spec, ds, expected_sha), spec)
+    wanted = _training_columns(spec)
     absent = [c for c in wanted if c not in frame.columns]
     if absent:
         raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
     frame = frame[wanted]
     if spec.window.max_rows_per_day:
         frame = _cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
-    # Sorting makes the row order independent of how the ETL split the day into files.
-    return frame.sort_values([spec.timestamp_column, *spec.entity_keys], kind="stable").reset_index(drop=True)
+    return _sort_day(frame, spec)
 
 
 def load_window_frames(spec: PipelineSpec, window: TrainingWindow) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, validation, holdout) frames of the window's partitions, verified against its hashes."""
+    """(train, validation, holdout) frames of the window's partitions, verified against its hashes.
+
+    Holds the whole window in memory: training streams it instead (see ``train_challenger``).
+    """
 
     def load(days: list[dt.date]) -> pd.DataFrame:
         frames = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in days]
@@ -250,6 +321,10 @@ def _as_float(values: pd.Series) -> np.ndarray:
 
 
 def _as_category(values: pd.Series, categories: list[str]) -> pd.Categorical:
+    if isinstance(values.dtype, pd.StringDtype):
+        # Text already (what the feature ETL writes): a hash lookup, no per-value str() round trip.
+        # Values outside the training categories and missing values both become NaN codes.
+        return pd.Categorical(values, categories=pd.Index(categories, dtype=object))
     text = values.astype("object").map(str).where(values.notna(), None)
     # Values outside the training categories become NaN: the model treats them like missing.
     text = text.where(text.isin(categories), None)
@@ -384,6 +459,286 @@ def _labels(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
     return y
 
 
+# ------------------------------------------------------------------------------ streamed window
+# The window is never held in pandas: XGBoost reads the training (and validation) days one partition at
+# a time through a DataIter into a QuantileDMatrix (quantised bins, ~1 byte per value). XGBoost walks an
+# iterator several times (shape, sketch, index), so the first walk spills each day's prepared matrix
+# (float32, exactly what XGBoost stores anyway, and category codes) to a temporary folder and later walks
+# reload it instead of re-reading and re-preparing Parquet. The linear baseline and the reference profile
+# use a bounded, hash-based sample of the training days; the holdout (a few days) stays in memory.
+
+SAMPLE_MAX_ROWS = 200_000  # training rows the baseline and the reference profile see, at most
+DATASET_LOG_ROWS = 1_000  # rows per split handed to mlflow.data (schema + a glimpse), not the whole split
+PLOT_MAX_POINTS = 200_000
+SPILL_DIR_ENV = "EVERGREEN_TRAINING_SPILL_DIR"  # where the per-day matrices go (default: the temp dir)
+
+
+def _rss_mib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB (Linux; zeros elsewhere)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            current = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        current = 0.0
+    return current, peak
+
+
+def _release_memory() -> None:
+    """Hand freed memory back to the OS (Arrow's pool and glibc keep it otherwise) between big steps."""
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _Steps:
+    """Wall time and memory after each step of a training run: logged, and kept with the run."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.steps: list[dict[str, Any]] = []
+
+    def mark(self, step: str, **info: Any) -> None:
+        now = time.perf_counter()
+        current, peak = _rss_mib()
+        entry = {"step": step, "seconds": round(now - self.last, 3), "rss_mib": round(current),
+                 "peak_rss_mib": round(peak), **info}
+        self.steps.append(entry)
+        self.last = now
+        log.info("training step %s: %.1f s, RSS %.0f MiB (peak %.0f MiB) %s", step, entry["seconds"], current, peak,
+                 info or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_seconds": round(time.perf_counter() - self.started, 3), "steps": self.steps}
+
+
+@dataclass
+class _WindowScan:
+    """What a cheap first pass (targets and categorical columns only) learns about the training days."""
+
+    rows: dict[dt.date, int]
+    categories: dict[str, set[str]]
+    classes: set[float]
+
+
+def _scan_days(spec: PipelineSpec, window: TrainingWindow, kinds: Mapping[str, str]) -> _WindowScan:
+    """Row counts, observed categories (training days) and label checks (training + validation days)."""
+    categorical = [name for name, kind in kinds.items() if kind == "categorical"]
+    keys = list(spec.entity_keys) if spec.window.max_rows_per_day else []
+    columns = [*keys, *categorical, spec.target.name]
+    scan = _WindowScan(rows={}, categories={name: set() for name in categorical}, classes=set())
+    train_days = set(window.train_days)
+    for ds in [*window.train_days, *window.validation_days]:
+        frame = _read_published(spec, ds, window.content_hashes.get(ds.isoformat()), columns)
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
+        if spec.window.max_rows_per_day:
+            frame = _cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
+        y = _labels(frame, spec)
+        scan.rows[ds] = len(frame)
+        if ds in train_days:
+            scan.classes.update(np.unique(y).tolist())
+            for name in categorical:
+                scan.categories[name].update(str(v) for v in frame[name].dropna().unique())
+    return scan
+
+
+def _sample_quota(rows: Mapping[dt.date, int], cap: int | None = None) -> dict[dt.date, int]:
+    """Rows to keep per day: all of them when the days fit in ``cap``, else a share proportional to size."""
+    cap = SAMPLE_MAX_ROWS if cap is None else cap
+    total = sum(rows.values())
+    if total <= cap:
+        return dict(rows)
+    return {ds: max(1, cap * n // total) for ds, n in rows.items()}
+
+
+class _SpilledDays:
+    """The prepared model matrix of each day of one split, prepared once and spilled to ``directory``."""
+
+    def __init__(self, spec: PipelineSpec, window: TrainingWindow, days: list[dt.date], schema: FeatureSchema,
+                 directory: Path, on_first_load: Any = None) -> None:
+        self.spec, self.window, self.days, self.schema = spec, window, list(days), schema
+        self.directory = directory
+        self.on_first_load = on_first_load
+        self.numeric = [c for c in schema.columns if schema.kinds[c] != "categorical"]
+        self.categorical = [c for c in schema.columns if schema.kinds[c] == "categorical"]
+        self.dtypes = {c: pd.CategoricalDtype(pd.Index(schema.categories[c], dtype=object))
+                       for c in self.categorical}
+        self.rows = 0
+        self.labels: list[np.ndarray] = []
+
+    def _paths(self, i: int) -> tuple[Path, Path, Path]:
+        return (self.directory / f"{i:04d}-numeric.npy", self.directory / f"{i:04d}-codes.npy",
+                self.directory / f"{i:04d}-label.npy")
+
+    def _prepare(self, i: int) -> None:
+        try:
+            self._prepare_day(i)
+        finally:
+            _release_memory()
+
+    def _prepare_day(self, i: int) -> None:
+        ds = self.days[i]
+        frame = load_day(self.spec, ds, self.window.content_hashes.get(ds.isoformat()))
+        y = _labels(frame, self.spec)
+        matrix = prepare_features(frame, self.schema)
+        numeric = np.empty((len(frame), len(self.numeric)), dtype=np.float32, order="F")
+        for j, name in enumerate(self.numeric):
+            numeric[:, j] = matrix[name].to_numpy()
+        codes = np.empty((len(frame), len(self.categorical)), dtype=np.int32, order="F")
+        for j, name in enumerate(self.categorical):
+            codes[:, j] = matrix[name].cat.codes.to_numpy()
+        num_path, codes_path, label_path = self._paths(i)
+        np.save(num_path, numeric)
+        np.save(codes_path, codes)
+        np.save(label_path, y)
+        self.rows += len(frame)
+        self.labels.append(y)
+        if self.on_first_load is not None:
+            self.on_first_load(ds, frame)
+
+    def batch(self, i: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """Day ``i`` as XGBoost input: numerics as float32 (what XGBoost stores), categoricals as Categorical."""
+        num_path, codes_path, label_path = self._paths(i)
+        if not label_path.exists():
+            self._prepare(i)
+        numeric, codes, y = np.load(num_path), np.load(codes_path), np.load(label_path)
+        columns: dict[str, Any] = {name: numeric[:, j] for j, name in enumerate(self.numeric)}
+        for j, name in enumerate(self.categorical):
+            columns[name] = pd.Categorical.from_codes(codes[:, j], dtype=self.dtypes[name])
+        return pd.DataFrame(columns, columns=list(self.schema.columns)), y
+
+    def iterator(self) -> Any:
+        import xgboost as xgb
+
+        days = self
+
+        class _Batches(xgb.DataIter):
+            def __init__(self) -> None:
+                self._i = 0
+                super().__init__(release_data=True)
+
+            def next(self, input_data: Any) -> bool:
+                if self._i == len(days.days):
+                    return False
+                X, y = days.batch(self._i)
+                input_data(data=X, label=y)
+                self._i += 1
+                return True
+
+            def reset(self) -> None:
+                self._i = 0
+
+        return _Batches()
+
+    def predict(self, booster: Any) -> np.ndarray:
+        import xgboost as xgb
+
+        out = [booster.predict(xgb.DMatrix(self.batch(i)[0], enable_categorical=True)) for i in range(len(self.days))]
+        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+
+@dataclass
+class _TrainingData:
+    """What fitting needs: the XGBoost matrices and the small in-memory parts."""
+
+    schema: FeatureSchema
+    dtrain: Any
+    dvalid: Any
+    y_valid: np.ndarray
+    predict_validation: Any  # booster -> validation predictions (row order of y_valid)
+    sample: pd.DataFrame  # bounded deterministic sample of the training days (baseline, profile)
+    valid_glimpse: pd.DataFrame  # a few validation rows (dataset logging)
+    rows_train: int
+    rows_valid: int
+
+
+def _stream_training_data(spec: PipelineSpec, window: TrainingWindow, spill: Path,
+                          steps: _Steps | None = None) -> _TrainingData:
+    """Training and validation matrices streamed partition by partition (bounded memory)."""
+    import xgboost as xgb
+
+    steps = steps or _Steps()
+    kinds = _feature_kinds(spec)
+    scan = _scan_days(spec, window, kinds)
+    steps.mark("scan", days=len(scan.rows))
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION and len(scan.classes) < 2:
+        raise DataQualityError(f"{spec.name}: the training days hold a single class; cannot train a classifier")
+    schema = FeatureSchema(tuple(kinds), dict(kinds), {k: sorted(v) for k, v in scan.categories.items()})
+    quota = _sample_quota({ds: scan.rows[ds] for ds in window.train_days})
+    samples: list[pd.DataFrame] = []
+    glimpse: list[pd.DataFrame] = []
+
+    def keep_sample(ds: dt.date, frame: pd.DataFrame) -> None:
+        samples.append(_cap_rows(frame, spec.entity_keys, quota[ds]).reset_index(drop=True))
+
+    def keep_glimpse(ds: dt.date, frame: pd.DataFrame) -> None:
+        if not glimpse:
+            glimpse.append(frame.head(DATASET_LOG_ROWS).copy())
+
+    (spill / "train").mkdir()
+    (spill / "validation").mkdir()
+    train = _SpilledDays(spec, window, window.train_days, schema, spill / "train", keep_sample)
+    valid = _SpilledDays(spec, window, window.validation_days, schema, spill / "validation", keep_glimpse)
+    dtrain = xgb.QuantileDMatrix(train.iterator(), enable_categorical=True)
+    _release_memory()
+    steps.mark("train_matrix", rows=train.rows)
+    dvalid = xgb.QuantileDMatrix(valid.iterator(), ref=dtrain, enable_categorical=True)
+    _release_memory()
+    steps.mark("validation_matrix", rows=valid.rows)
+    return _TrainingData(
+        schema=schema, dtrain=dtrain, dvalid=dvalid, y_valid=np.concatenate(valid.labels),
+        predict_validation=valid.predict,
+        sample=pd.concat(samples, ignore_index=True), valid_glimpse=glimpse[0] if glimpse else pd.DataFrame(),
+        rows_train=train.rows, rows_valid=valid.rows,
+    )
+
+
+def _in_memory_training_data(spec: PipelineSpec, window: TrainingWindow) -> _TrainingData:
+    """The reference path: concatenate the days in pandas, one QuantileDMatrix (memory ~ the window)."""
+    import xgboost as xgb
+
+    def load(days: list[dt.date]) -> list[pd.DataFrame]:
+        return [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in days]
+
+    train_frames = load(window.train_days)
+    train = pd.concat(train_frames, ignore_index=True)
+    valid = pd.concat(load(window.validation_days), ignore_index=True)
+    y_train, y_valid = _labels(train, spec), _labels(valid, spec)
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION and len(np.unique(y_train)) < 2:
+        raise DataQualityError(f"{spec.name}: the training days hold a single class; cannot train a classifier")
+    schema = fit_feature_schema(train, _feature_kinds(spec))
+    X_train, X_valid = prepare_features(train, schema), prepare_features(valid, schema)
+    dtrain = xgb.QuantileDMatrix(X_train, label=y_train, enable_categorical=True)
+    dvalid = xgb.QuantileDMatrix(X_valid, label=y_valid, ref=dtrain, enable_categorical=True)
+    quota = _sample_quota({ds: len(f) for ds, f in zip(window.train_days, train_frames, strict=True)})
+    sample = pd.concat([_cap_rows(f, spec.entity_keys, quota[ds]).reset_index(drop=True)
+                        for ds, f in zip(window.train_days, train_frames, strict=True)], ignore_index=True)
+    return _TrainingData(
+        schema=schema, dtrain=dtrain, dvalid=dvalid, y_valid=y_valid,
+        predict_validation=lambda booster: booster.predict(xgb.DMatrix(X_valid, enable_categorical=True)),
+        sample=sample, valid_glimpse=valid.head(DATASET_LOG_ROWS), rows_train=len(train), rows_valid=len(valid),
+    )
+
+
+def _plot_subset(n: int) -> np.ndarray | slice:
+    """Evenly spaced positions (deterministic) when there are more points than a plot needs."""
+    if n <= PLOT_MAX_POINTS:
+        return slice(None)
+    return np.linspace(0, n - 1, PLOT_MAX_POINTS).astype(np.int64)
+
+
 def code_version() -> str:
     """Package version, plus the git sha from ``EVERGREEN_CODE_VERSION`` when the deployment sets it."""
     extra = os.environ.get(CODE_VERSION_ENV, "").strip()
@@ -425,8 +780,11 @@ def _split_digest(window: TrainingWindow, days: list[dt.date]) -> str:
 
 
 def _log_dataset(spec: PipelineSpec, window: TrainingWindow, frame: pd.DataFrame, days: list[dt.date],
-                 context: str) -> None:
-    """Log a split as an MLflow dataset input whose source lists the partition URIs it came from."""
+                 context: str, rows: int | None = None) -> None:
+    """Log a split as an MLflow dataset input whose source lists the partition URIs it came from.
+
+    ``frame`` only gives the schema (and a glimpse): pass a few rows, and the split's size as ``rows``.
+    """
     from mlflow.data.dataset_source import DatasetSource
 
     uris = [str(storage.partition_dir(FEATURES_ZONE, spec.name, d)) for d in days]
@@ -466,7 +824,8 @@ def _log_dataset(spec: PipelineSpec, window: TrainingWindow, frame: pd.DataFrame
         first_last = f"{days[0]}..{days[-1]}" if days else "(none)"
         mlflow.log_input(dataset, context=context,
                          tags={"evergreen.partitions": f"{first_last} ({len(days)} days)",
-                               "evergreen.digest": digest})
+                               "evergreen.digest": digest,
+                               "evergreen.rows": str(len(frame) if rows is None else rows)})
 
 
 def _plot_importance(booster: Any, path: Path) -> None:
@@ -548,44 +907,75 @@ def _pip_requirements() -> list[str]:
     ]
 
 
-def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any]) -> dict[str, Any]:
+def _load_holdout(spec: PipelineSpec, window: TrainingWindow) -> list[pd.DataFrame]:
+    return [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in window.holdout_days]
+
+
+def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
+                     streaming: bool = True) -> dict[str, Any]:
     """Train the XGBoost challenger and the linear baseline on ``window``; log both to MLflow.
+
+    ``streaming`` (default) feeds XGBoost one partition at a time, so memory does not grow with the window;
+    ``streaming=False`` concatenates the days in pandas first (the reference path: same model, more memory).
+    The baseline and the reference profile use at most ``SAMPLE_MAX_ROWS`` training rows (hash-sampled).
 
     Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
     best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
     """
+    import gc
+
     import xgboost as xgb
 
     from evergreen.drift import build_reference_profile
 
     if window.spec != spec.name:
         raise ValueError(f"window is for spec {window.spec!r}, not {spec.name!r}")
-    train, valid, holdout = load_window_frames(spec, window)
-    y_train, y_valid, y_holdout = (_labels(f, spec) for f in (train, valid, holdout))
-    if spec.task_type == TaskType.BINARY_CLASSIFICATION and len(np.unique(y_train)) < 2:
-        raise DataQualityError(f"{spec.name}: the training days hold a single class; cannot train a classifier")
-
-    schema = fit_feature_schema(train, _feature_kinds(spec))
-    X_train, X_valid, X_holdout = (prepare_features(f, schema) for f in (train, valid, holdout))
-
     params = xgb_params(spec)
-    dtrain = xgb.QuantileDMatrix(X_train, label=y_train, enable_categorical=True)
-    dvalid = xgb.QuantileDMatrix(X_valid, label=y_valid, ref=dtrain, enable_categorical=True)
-    booster = xgb.train(
-        params, dtrain, num_boost_round=spec.model.num_boost_round, evals=[(dvalid, "validation")],
-        early_stopping_rounds=spec.model.early_stopping_rounds, verbose_eval=False,
-    )
-    best_iteration = int(booster.best_iteration)
-    booster = booster[: best_iteration + 1]  # keep only the trees up to the early-stopping optimum
-    holdout_pred = booster.predict(xgb.DMatrix(X_holdout, enable_categorical=True))
-    valid_pred = booster.predict(xgb.DMatrix(X_valid, enable_categorical=True))
-    metrics = compute_metrics(spec.task_type, y_holdout, holdout_pred)
-    validation_metrics = compute_metrics(spec.task_type, y_valid, valid_pred)
+    steps = _Steps()
+    with contextlib.ExitStack() as stack:
+        if streaming:
+            base = os.environ.get(SPILL_DIR_ENV) or None
+            spill = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evergreen-train-", dir=base)))
+            data = _stream_training_data(spec, window, spill, steps)
+        else:
+            data = _in_memory_training_data(spec, window)
+            steps.mark("load_in_memory")
+        booster = xgb.train(
+            params, data.dtrain, num_boost_round=spec.model.num_boost_round, evals=[(data.dvalid, "validation")],
+            early_stopping_rounds=spec.model.early_stopping_rounds, verbose_eval=False,
+        )
+        best_iteration = int(booster.best_iteration)
+        booster = booster[: best_iteration + 1]  # keep only the trees up to the early-stopping optimum
+        steps.mark("fit", best_iteration=best_iteration)
+        data.dtrain = data.dvalid = None  # the quantised matrices are the biggest thing alive: free them now
+        gc.collect()
+        _release_memory()
+        valid_pred = data.predict_validation(booster)
+    validation_metrics = compute_metrics(spec.task_type, data.y_valid, valid_pred)
+    schema, sample, glimpse = data.schema, data.sample, data.valid_glimpse
+    rows_train, rows_valid = data.rows_train, data.rows_valid
+    del valid_pred, data
+    steps.mark("validation_scores")
 
     baseline = _baseline_pipeline(spec, schema)
-    baseline.fit(_baseline_input(X_train, schema), y_train)
-    baseline_pred = _baseline_predict(baseline, _baseline_input(X_holdout, schema), spec.task_type)
+    baseline.fit(_baseline_input(prepare_features(sample, schema), schema), _labels(sample, spec))
+    steps.mark("baseline", rows=len(sample))
+
+    # The holdout (a few days) stays in memory; it is scored one day at a time.
+    holdout_days = _load_holdout(spec, window)
+    holdout_parts, baseline_parts = [], []
+    for day in holdout_days:
+        X_day = prepare_features(day, schema)
+        holdout_parts.append(booster.predict(xgb.DMatrix(X_day, enable_categorical=True)))
+        baseline_parts.append(_baseline_predict(baseline, _baseline_input(X_day, schema), spec.task_type))
+    holdout = pd.concat(holdout_days, ignore_index=True)
+    del holdout_days
+    y_holdout = _labels(holdout, spec)
+    holdout_pred = np.concatenate(holdout_parts)
+    baseline_pred = np.concatenate(baseline_parts)
+    metrics = compute_metrics(spec.task_type, y_holdout, holdout_pred)
     baseline_metrics = compute_metrics(spec.task_type, y_holdout, baseline_pred)
+    steps.mark("holdout", rows=len(holdout))
 
     experiment_id = ensure_experiment(spec.name)
     common_tags = {
@@ -601,7 +991,9 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
         "window.holdout_days": spec.window.holdout_days,
         "window.validation_days": spec.window.validation_days,
         "window.max_rows_per_day": spec.window.max_rows_per_day,
-        "rows.train": len(train), "rows.validation": len(valid), "rows.holdout": len(holdout),
+        "rows.train": rows_train, "rows.validation": rows_valid, "rows.holdout": len(holdout),
+        "rows.baseline_sample": len(sample),
+        "training.streaming": streaming,
     }
     feature_names = list(schema.columns)
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -626,31 +1018,36 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
             })
             mlflow.log_metrics({**metrics, **{f"validation_{k}": v for k, v in validation_metrics.items()},
                                 "best_iteration": best_iteration})
-            for frame, days, context in ((train, window.train_days, "train"),
-                                         (valid, window.validation_days, "validation"),
-                                         (holdout, window.holdout_days, "holdout")):
-                _log_dataset(spec, window, frame, days, context)
+            # Datasets: the schema and a glimpse of each split (the rows themselves are the partitions).
+            for frame, rows, days, context in ((sample, rows_train, window.train_days, "train"),
+                                               (glimpse, rows_valid, window.validation_days, "validation"),
+                                               (holdout, len(holdout), window.holdout_days, "holdout")):
+                _log_dataset(spec, window, frame.head(DATASET_LOG_ROWS), days, context, rows=rows)
             mlflow.log_dict(window.to_dict(), "window.json")
             mlflow.log_dict(schema.to_dict(), "feature_schema.json")
 
             _plot_importance(booster, tmp / "feature_importance.png")
-            _plot_performance(spec.task_type, y_holdout, holdout_pred, baseline_pred, tmp / "holdout_performance.png")
+            shown = _plot_subset(len(y_holdout))
+            _plot_performance(spec.task_type, y_holdout[shown], holdout_pred[shown], baseline_pred[shown],
+                              tmp / "holdout_performance.png")
             mlflow.log_artifact(str(tmp / "feature_importance.png"), "plots")
             mlflow.log_artifact(str(tmp / "holdout_performance.png"), "plots")
 
             # The holdout (with the challenger's scores) lets evaluation re-score any model on identical rows.
-            holdout_out = holdout.copy()
-            holdout_out[PREDICTION_COLUMN] = holdout_pred
+            holdout[PREDICTION_COLUMN] = holdout_pred
             holdout_path = tmp / Path(HOLDOUT_ARTIFACT).name
-            holdout_path.write_bytes(storage.frame_to_parquet_bytes(holdout_out))
+            holdout_path.write_bytes(storage.frame_to_parquet_bytes(holdout))
             mlflow.log_artifact(str(holdout_path), str(Path(HOLDOUT_ARTIFACT).parent))
+            holdout_path.unlink()
 
-            # Reference features come from training data; reference scores from the holdout, because
-            # live scores are out-of-sample too (in-sample scores are sharper and would fake drift).
-            profile = build_reference_profile(train, spec, scores=None, seed=spec.model.seed)
-            profile["scores"] = build_reference_profile(holdout, spec, scores=holdout_pred,
+            # Reference features come from (a bounded sample of) the training days; reference scores from the
+            # holdout, because live scores are out-of-sample too (in-sample scores are sharper and would fake
+            # drift). The scores part depends on the scores only, so an empty frame stands in for the holdout.
+            profile = build_reference_profile(sample, spec, scores=None, seed=spec.model.seed)
+            profile["scores"] = build_reference_profile(holdout.iloc[:0], spec, scores=holdout_pred,
                                                         seed=spec.model.seed)["scores"]
             profile["scores_source"] = "holdout"
+            profile["sampled_from_rows"] = rows_train
             mlflow.log_dict(profile, "reference_profile.json")
 
             booster_path = tmp / "model.ubj"
@@ -671,6 +1068,8 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
                 )
             model_uri = info.model_uri
             mlflow.set_tags({"evergreen.model_uri": model_uri, "evergreen.baseline_run_id": baseline_run_id})
+            steps.mark("mlflow_logging")
+            mlflow.log_dict(steps.to_dict(), "training_steps.json")
 
     return {
         "run_id": run_id,
