@@ -461,7 +461,7 @@ def _labels(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ streamed window
 # The window is never held in pandas: XGBoost reads the training (and validation) days one partition at
-# a time through a DataIter into a QuantileDMatrix (quantised bins, ~1 byte per value). XGBoost walks an
+# a time through a DataIter into a QuantileDMatrix (bin indices, not raw values). XGBoost walks an
 # iterator several times (shape, sketch, index), so the first walk spills each day's prepared matrix
 # (float32, exactly what XGBoost stores anyway, and category codes) to a temporary folder and later walks
 # reload it instead of re-reading and re-preparing Parquet. The linear baseline and the reference profile
@@ -470,6 +470,7 @@ def _labels(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
 SAMPLE_MAX_ROWS = 200_000  # training rows the baseline and the reference profile see, at most
 DATASET_LOG_ROWS = 1_000  # rows per split handed to mlflow.data (schema + a glimpse), not the whole split
 PLOT_MAX_POINTS = 200_000
+BATCH_ROWS = 262_144  # rows per batch handed to XGBoost (a day is split into several)
 SPILL_DIR_ENV = "EVERGREEN_TRAINING_SPILL_DIR"  # where the per-day matrices go (default: the temp dir)
 
 
@@ -486,11 +487,12 @@ def _rss_mib() -> tuple[float, float]:
     return current, peak
 
 
-def _release_memory() -> None:
+def _release_memory(collect: bool = False) -> None:
     """Hand freed memory back to the OS (Arrow's pool and glibc keep it otherwise) between big steps."""
-    import gc
+    if collect:  # a full collection costs ~0.2 s with Airflow and MLflow loaded: only between big steps
+        import gc
 
-    gc.collect()
+        gc.collect()
     with contextlib.suppress(Exception):
         import pyarrow as pa
 
@@ -564,10 +566,14 @@ def _sample_quota(rows: Mapping[dt.date, int], cap: int | None = None) -> dict[d
 
 
 class _SpilledDays:
-    """The prepared model matrix of each day of one split, prepared once and spilled to ``directory``."""
+    """The prepared model matrix of one split's days, prepared once, spilled to ``directory`` in batches.
+
+    XGBoost gets batches of at most ``BATCH_ROWS`` rows: its per-batch working copies stay small.
+    """
 
     def __init__(self, spec: PipelineSpec, window: TrainingWindow, days: list[dt.date], schema: FeatureSchema,
-                 directory: Path, on_first_load: Any = None) -> None:
+                 directory: Path, rows: Mapping[dt.date, int], on_first_load: Any = None,
+                 keep_labels: bool = False) -> None:
         self.spec, self.window, self.days, self.schema = spec, window, list(days), schema
         self.directory = directory
         self.on_first_load = on_first_load
@@ -575,22 +581,30 @@ class _SpilledDays:
         self.categorical = [c for c in schema.columns if schema.kinds[c] == "categorical"]
         self.dtypes = {c: pd.CategoricalDtype(pd.Index(schema.categories[c], dtype=object))
                        for c in self.categorical}
+        self.expected = dict(rows)
+        # (day index, first row, end row) of every batch, from the scan's row counts.
+        self.batches = [(i, start, min(start + BATCH_ROWS, rows[ds]))
+                        for i, ds in enumerate(self.days) for start in range(0, rows[ds], BATCH_ROWS)]
         self.rows = 0
+        self.keep_labels = keep_labels  # float64 labels in memory (validation: for its metrics)
         self.labels: list[np.ndarray] = []
 
-    def _paths(self, i: int) -> tuple[Path, Path, Path]:
-        return (self.directory / f"{i:04d}-numeric.npy", self.directory / f"{i:04d}-codes.npy",
-                self.directory / f"{i:04d}-label.npy")
+    def _paths(self, b: int) -> tuple[Path, Path, Path]:
+        return (self.directory / f"{b:05d}-numeric.npy", self.directory / f"{b:05d}-codes.npy",
+                self.directory / f"{b:05d}-label.npy")
 
-    def _prepare(self, i: int) -> None:
+    def _prepare(self, day: int) -> None:
         try:
-            self._prepare_day(i)
+            self._prepare_day(day)
         finally:
             _release_memory()
 
-    def _prepare_day(self, i: int) -> None:
-        ds = self.days[i]
+    def _prepare_day(self, day: int) -> None:
+        ds = self.days[day]
         frame = load_day(self.spec, ds, self.window.content_hashes.get(ds.isoformat()))
+        if len(frame) != self.expected[ds]:
+            raise DataQualityError(f"{self.spec.name} ds={ds} changed while training read it "
+                                   f"({self.expected[ds]} rows, then {len(frame)}); select the window again")
         y = _labels(frame, self.spec)
         matrix = prepare_features(frame, self.schema)
         numeric = np.empty((len(frame), len(self.numeric)), dtype=np.float32, order="F")
@@ -599,53 +613,59 @@ class _SpilledDays:
         codes = np.empty((len(frame), len(self.categorical)), dtype=np.int32, order="F")
         for j, name in enumerate(self.categorical):
             codes[:, j] = matrix[name].cat.codes.to_numpy()
-        num_path, codes_path, label_path = self._paths(i)
-        np.save(num_path, numeric)
-        np.save(codes_path, codes)
-        np.save(label_path, y)
+        del matrix
+        for b, (i, start, end) in enumerate(self.batches):
+            if i == day:
+                num_path, codes_path, label_path = self._paths(b)
+                np.save(num_path, np.asfortranarray(numeric[start:end]))
+                np.save(codes_path, np.asfortranarray(codes[start:end]))
+                np.save(label_path, y[start:end])
         self.rows += len(frame)
-        self.labels.append(y)
+        if self.keep_labels:
+            self.labels.append(y)
         if self.on_first_load is not None:
             self.on_first_load(ds, frame)
 
-    def batch(self, i: int) -> tuple[pd.DataFrame, np.ndarray]:
-        """Day ``i`` as XGBoost input: numerics as float32 (what XGBoost stores), categoricals as Categorical."""
-        num_path, codes_path, label_path = self._paths(i)
+    def batch(self, b: int) -> tuple[pd.DataFrame, np.ndarray]:
+        """Batch ``b`` as XGBoost input: numerics as float32 (what XGBoost stores), categoricals as Categorical."""
+        num_path, codes_path, label_path = self._paths(b)
         if not label_path.exists():
-            self._prepare(i)
+            self._prepare(self.batches[b][0])
         numeric, codes, y = np.load(num_path), np.load(codes_path), np.load(label_path)
         columns: dict[str, Any] = {name: numeric[:, j] for j, name in enumerate(self.numeric)}
         for j, name in enumerate(self.categorical):
             columns[name] = pd.Categorical.from_codes(codes[:, j], dtype=self.dtypes[name])
-        return pd.DataFrame(columns, columns=list(self.schema.columns)), y
+        # copy=False: no consolidation copy; XGBoost reads the columns one by one anyway.
+        return pd.DataFrame(columns, columns=list(self.schema.columns), copy=False), y
 
     def iterator(self) -> Any:
         import xgboost as xgb
 
-        days = self
+        spilled = self
 
         class _Batches(xgb.DataIter):
             def __init__(self) -> None:
-                self._i = 0
+                self._b = 0
                 super().__init__(release_data=True)
 
             def next(self, input_data: Any) -> bool:
-                if self._i == len(days.days):
+                if self._b == len(spilled.batches):
                     return False
-                X, y = days.batch(self._i)
+                X, y = spilled.batch(self._b)
                 input_data(data=X, label=y)
-                self._i += 1
+                self._b += 1
                 return True
 
             def reset(self) -> None:
-                self._i = 0
+                self._b = 0
 
         return _Batches()
 
     def predict(self, booster: Any) -> np.ndarray:
         import xgboost as xgb
 
-        out = [booster.predict(xgb.DMatrix(self.batch(i)[0], enable_categorical=True)) for i in range(len(self.days))]
+        out = [booster.predict(xgb.DMatrix(self.batch(b)[0], enable_categorical=True))
+               for b in range(len(self.batches))]
         return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
 
@@ -689,13 +709,14 @@ def _stream_training_data(spec: PipelineSpec, window: TrainingWindow, spill: Pat
 
     (spill / "train").mkdir()
     (spill / "validation").mkdir()
-    train = _SpilledDays(spec, window, window.train_days, schema, spill / "train", keep_sample)
-    valid = _SpilledDays(spec, window, window.validation_days, schema, spill / "validation", keep_glimpse)
+    train = _SpilledDays(spec, window, window.train_days, schema, spill / "train", scan.rows, keep_sample)
+    valid = _SpilledDays(spec, window, window.validation_days, schema, spill / "validation", scan.rows,
+                         keep_glimpse, keep_labels=True)
     dtrain = xgb.QuantileDMatrix(train.iterator(), enable_categorical=True)
-    _release_memory()
+    _release_memory(collect=True)
     steps.mark("train_matrix", rows=train.rows)
     dvalid = xgb.QuantileDMatrix(valid.iterator(), ref=dtrain, enable_categorical=True)
-    _release_memory()
+    _release_memory(collect=True)
     steps.mark("validation_matrix", rows=valid.rows)
     return _TrainingData(
         schema=schema, dtrain=dtrain, dvalid=dvalid, y_valid=np.concatenate(valid.labels),
@@ -922,8 +943,6 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
     Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
     best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
     """
-    import gc
-
     import xgboost as xgb
 
     from evergreen.drift import build_reference_profile
@@ -948,8 +967,7 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
         booster = booster[: best_iteration + 1]  # keep only the trees up to the early-stopping optimum
         steps.mark("fit", best_iteration=best_iteration)
         data.dtrain = data.dvalid = None  # the quantised matrices are the biggest thing alive: free them now
-        gc.collect()
-        _release_memory()
+        _release_memory(collect=True)
         valid_pred = data.predict_validation(booster)
     validation_metrics = compute_metrics(spec.task_type, data.y_valid, valid_pred)
     schema, sample, glimpse = data.schema, data.sample, data.valid_glimpse

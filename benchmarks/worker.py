@@ -1,0 +1,305 @@
+"""Child-process side of the benchmarks: ``python -m benchmarks.worker STAGE 'JSON args'``.
+
+Each stage imports what it needs first (timed as ``import_seconds``), then times the work itself
+(``stage_seconds``) and hands both to the parent with :func:`benchmarks.measure.write_result`. The
+parent measures the whole process (wall, CPU, peak RSS) from the OS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import write_result
+
+STAGES: dict[str, Any] = {}
+
+
+def stage(fn):
+    STAGES[fn.__name__] = fn
+    return fn
+
+
+def _spec(args: dict[str, Any]):
+    from evergreen.spec import load_spec
+
+    return load_spec(args["spec_file"])
+
+
+# ------------------------------------------------------------------------------------------- ETL
+
+
+@stage
+def etl(args: dict[str, Any]) -> dict[str, Any]:
+    """evergreen.etl.run_feature_etl: read, validate (GX), build features, publish."""
+    t = time.perf_counter()
+    import great_expectations  # noqa: F401  (imported by a worker's first task anyway; not the stage's cost)
+    from evergreen import etl as evergreen_etl
+
+    spec = _spec(args)
+    imported = time.perf_counter() - t
+    t = time.perf_counter()
+    out = evergreen_etl.run_feature_etl(spec, dt.date.fromisoformat(args["ds"]))
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "rows": out["rows"]}
+
+
+@stage
+def validate(args: dict[str, Any]) -> dict[str, Any]:
+    """evergreen.etl.validate_raw_partition alone (read + the GX suite)."""
+    t = time.perf_counter()
+    import great_expectations  # noqa: F401
+    from evergreen import etl as evergreen_etl
+
+    spec = _spec(args)
+    imported = time.perf_counter() - t
+    t = time.perf_counter()
+    out = evergreen_etl.validate_raw_partition(spec, dt.date.fromisoformat(args["ds"]))
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "rows": out["rows"],
+            "expectations": out["expectations"]}
+
+
+def pandas_checks(spec, ds: dt.date, frame) -> list[str]:
+    """The checks of the GX suite (evergreen.validation.build_suite), written directly in pandas."""
+    import pandas as pd
+    from evergreen.spec import FeatureType, TaskType
+    from evergreen.validation import BOOLEAN_VALUES, partition_bounds
+
+    failures: list[str] = []
+    absent = [c for c in spec.raw_columns if c not in frame.columns]
+    if absent:
+        failures.append(f"missing columns {absent}")
+    exp = spec.expectations
+    n = len(frame)
+    if n < exp.min_rows_per_day or (exp.max_rows_per_day is not None and n > exp.max_rows_per_day):
+        failures.append(f"row count {n}")
+    ts = frame[spec.timestamp_column]
+    if ts.isna().any():
+        failures.append("null timestamps")
+    if exp.timestamps_within_partition:
+        start, end = partition_bounds(spec, ds)
+        if ((ts < pd.Timestamp(start)) | (ts >= pd.Timestamp(end))).any():
+            failures.append("timestamps outside the partition")
+    for key in spec.entity_keys:
+        if frame[key].isna().any():
+            failures.append(f"null {key}")
+    if exp.unique_keys and frame.duplicated(spec.entity_keys).any():
+        failures.append("duplicate keys")
+    for feature in spec.features:
+        values = frame[feature.name]
+        if feature.type == FeatureType.NUMERIC:
+            if not pd.api.types.is_numeric_dtype(values):
+                failures.append(f"{feature.name} not numeric")
+                continue
+            present = values.dropna()
+            if (feature.min is not None and (present < feature.min).any()) or (
+                    feature.max is not None and (present > feature.max).any()):
+                failures.append(f"{feature.name} out of range")
+        elif feature.type == FeatureType.BOOLEAN:
+            if not values.dropna().isin(BOOLEAN_VALUES).all():
+                failures.append(f"{feature.name} not boolean")
+        elif feature.allowed_values is not None and not values.dropna().isin(feature.allowed_values).all():
+            failures.append(f"{feature.name} outside allowed values")
+        null_rate = float(values.isna().mean()) if n else 0.0
+        if (not feature.nullable and null_rate > 0) or null_rate > feature.max_null_fraction:
+            failures.append(f"{feature.name} null rate {null_rate:.3f}")
+    target = frame[spec.target.name]
+    if target.isna().any():
+        failures.append("null target")
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION and not target.isin([0, 1]).all():
+        failures.append("target not 0/1")
+    return failures
+
+
+def _read_raw(spec, ds: dt.date):
+    import pandas as pd
+    from evergreen import storage
+
+    path = storage.resolve(spec.source.path.format(ds=ds.isoformat()))
+    return pd.read_parquet(Path(path.path))
+
+
+@stage
+def pandas_validate(args: dict[str, Any]) -> dict[str, Any]:
+    """The same checks as the GX gate, in plain pandas: read the raw file, check it."""
+    t = time.perf_counter()
+    import pyarrow.parquet  # noqa: F401
+    from evergreen import storage, validation  # noqa: F401
+
+    spec = _spec(args)
+    imported = time.perf_counter() - t
+    ds = dt.date.fromisoformat(args["ds"])
+    t = time.perf_counter()
+    frame = _read_raw(spec, ds)
+    failures = pandas_checks(spec, ds, frame)
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "rows": len(frame),
+            "failures": failures}
+
+
+@stage
+def pandas_etl(args: dict[str, Any]) -> dict[str, Any]:
+    """Plain pandas ETL of the day: read, the same checks, the same feature columns, write Parquet."""
+    t = time.perf_counter()
+    import pandas as pd
+    import pyarrow.parquet  # noqa: F401
+    from evergreen import storage, validation  # noqa: F401
+
+    spec = _spec(args)
+    imported = time.perf_counter() - t
+    ds = dt.date.fromisoformat(args["ds"])
+    t = time.perf_counter()
+    frame = _read_raw(spec, ds)
+    failures = pandas_checks(spec, ds, frame)
+    out = frame.copy()
+    ts = out[spec.timestamp_column].dt.tz_convert(spec.schedule.timezone)
+    out["event_hour"] = ts.dt.hour.astype("float64")
+    out["event_day_of_week"] = ts.dt.dayofweek.astype("float64")
+    out["is_weekend"] = ts.dt.dayofweek >= 5
+    out = out.sort_values([spec.timestamp_column, *spec.entity_keys], kind="stable")
+    target = Path(args["out_dir"]) / f"features-{ds}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out.to_parquet(target, index=False, compression="zstd")
+    assert isinstance(out, pd.DataFrame)
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "rows": len(out),
+            "failures": failures}
+
+
+# ----------------------------------------------------------------------------------------- drift
+
+
+@stage
+def profile(args: dict[str, Any]) -> dict[str, Any]:
+    """Reference profile of the reference frame (what training logs with each model)."""
+    t = time.perf_counter()
+    import pandas as pd
+    from evergreen.drift import build_reference_profile
+
+    spec = _spec(args)
+    imported = time.perf_counter() - t
+    t = time.perf_counter()
+    frame = pd.read_parquet(args["reference"])
+    built = build_reference_profile(frame, spec, seed=spec.model.seed)
+    seconds = time.perf_counter() - t
+    Path(args["out"]).write_text(json.dumps(built))
+    return {"import_seconds": imported, "stage_seconds": seconds, "rows": len(frame)}
+
+
+@stage
+def drift(args: dict[str, Any]) -> dict[str, Any]:
+    """evergreen.drift.drift_report of one day against the reference profile (read + report)."""
+    t = time.perf_counter()
+    import pandas as pd
+    import scipy.stats  # noqa: F401  (numeric_drift imports it lazily)
+    from evergreen.drift import drift_report
+
+    spec = _spec(args)
+    imported = time.perf_counter() - t
+    reference = json.loads(Path(args["profile"]).read_text())
+    t = time.perf_counter()
+    frame = pd.read_parquet(args["current"])
+    report = drift_report(spec, reference, frame, champion_version=None, ds=args["ds"])
+    seconds = time.perf_counter() - t
+    return {"import_seconds": imported, "stage_seconds": seconds, "rows": len(frame),
+            "drift_detected": report["drift_detected"], "drifted_share": report["drifted_share"],
+            "drifted_features": report["drifted_features"], "reasons": report["reasons"]}
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+@stage
+def bare_train(args: dict[str, Any]) -> dict[str, Any]:
+    """The bare fit: read the window's training and validation partitions, fit the same XGBoost model.
+
+    No evergreen import, no validation of hashes, no MLflow, no baseline, no holdout: only what any fit
+    of this model on these partitions needs (concatenate in pandas, one QuantileDMatrix).
+    """
+    t = time.perf_counter()
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+    import yaml
+
+    imported = time.perf_counter() - t
+    t = time.perf_counter()
+    spec = yaml.safe_load(Path(args["spec_file"]).read_text())
+    root = Path(args["storage_root"]) / "features" / spec["name"]
+    features = [f["name"] for f in spec["features"]] + ["event_hour", "event_day_of_week", "is_weekend"]
+    categorical = [f["name"] for f in spec["features"] if f["type"] == "categorical"]
+    target = spec["target"]["name"]
+
+    def read(days: list[str]) -> pd.DataFrame:
+        frames = []
+        for ds in days:
+            manifest = json.loads((root / f"ds={ds}" / "_manifest.json").read_text())
+            for entry in manifest["files"]:
+                frames.append(pd.read_parquet(root / f"ds={ds}" / entry["name"], columns=[*features, target]))
+        frame = pd.concat(frames, ignore_index=True)
+        for name in features:
+            if name in categorical:
+                frame[name] = frame[name].astype("category")
+            else:
+                frame[name] = frame[name].astype("float64")
+        return frame
+
+    train, valid = read(args["train_days"]), read(args["validation_days"])
+    for name in categorical:  # validation uses the training categories
+        valid[name] = pd.Categorical(valid[name], categories=train[name].cat.categories)
+    loaded = time.perf_counter() - t
+    model = spec.get("model", {})
+    params = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"], "tree_method": "hist",
+              "nthread": 4, **model.get("params", {}), "seed": model.get("seed", 42)}
+    dtrain = xgb.QuantileDMatrix(train[features], label=train[target].to_numpy(np.float64), enable_categorical=True)
+    dvalid = xgb.QuantileDMatrix(valid[features], label=valid[target].to_numpy(np.float64), ref=dtrain,
+                                 enable_categorical=True)
+    booster = xgb.train(params, dtrain, num_boost_round=model.get("num_boost_round", 300),
+                        evals=[(dvalid, "validation")], early_stopping_rounds=model.get("early_stopping_rounds", 20),
+                        verbose_eval=False)
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "read_seconds": loaded,
+            "best_iteration": int(booster.best_iteration), "rows": len(train)}
+
+
+# ------------------------------------------------------------------------------------------ parse
+
+
+@stage
+def parse(args: dict[str, Any]) -> dict[str, Any]:
+    """Import dags/evergreen_dags.py in this fresh interpreter (what a DAG processor does per file)."""
+    import runpy
+
+    t = time.perf_counter()
+    import airflow.sdk  # what every DAG file pays first; a DAG processor has it loaded already
+
+    sdk = time.perf_counter() - t
+    t = time.perf_counter()
+    namespace = runpy.run_path(args["dag_file"])
+    own = time.perf_counter() - t
+    from evergreen.spec import load_specs
+
+    dags = [v for v in namespace.values() if isinstance(v, airflow.sdk.DAG)]
+    return {"stage_seconds": sdk + own, "airflow_sdk_import_seconds": sdk, "dag_file_seconds": own,
+            "dags": len(dags), "specs": len(load_specs())}
+
+
+def main(argv: list[str]) -> int:
+    name, raw = argv[0], argv[1] if len(argv) > 1 else "{}"
+    profile_to = os.environ.get("BENCH_PROFILE")
+    if profile_to:  # a separate, profiled run: where the time goes (its timings are not reported)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(STAGES[name], json.loads(raw))
+        profiler.dump_stats(profile_to)
+    else:
+        result = STAGES[name](json.loads(raw))
+    write_result(result)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

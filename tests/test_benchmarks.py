@@ -1,0 +1,68 @@
+"""The benchmark harness at a tiny scale (XS: 500 rows/day x 12 days, 1 repeat), so it cannot rot.
+
+Evidently (its own venv, a download) and the scheduler backfill (a whole Airflow stack) are skipped here;
+``make bench`` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+pytestmark = [pytest.mark.bench, pytest.mark.slow]
+
+
+def test_measure_reports_peak_memory_and_time_from_the_os(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.measure import measure, summarize
+
+    code = "import time\nblock = bytearray(300 * 1024 * 1024)\nblock[::4096] = b'x' * len(block[::4096])\ntime.sleep(0.2)\n"
+    run = measure([sys.executable, "-c", code], log=tmp_path / "log")
+    assert run["peak_rss_mib"] >= 300
+    assert run["wall_seconds"] >= 0.2
+    small = measure([sys.executable, "-c", "pass"], log=tmp_path / "log")
+    # A forked child starts with the parent's resident set (a large pytest process), so only compare.
+    assert small["peak_rss_mib"] < run["peak_rss_mib"]
+    stats = summarize([run, small])
+    assert stats["peak_rss_mib"]["min"] == small["peak_rss_mib"]
+    assert stats["peak_rss_mib"]["max"] == run["peak_rss_mib"]
+
+
+def test_harness_runs_at_xs(tmp_path: Path, airflow_db: Path) -> None:
+    results = tmp_path / "results"
+    argv = [sys.executable, "-m", "benchmarks.run", "--scale", "XS", "--repeats", "1",
+            "--only", "etl,drift,training,parse", "--skip-evidently",
+            "--results-dir", str(results), "--work-dir", str(tmp_path / "work"),
+            "--data-dir", str(tmp_path / "data"), "--airflow-home", str(airflow_db)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "| benchmark | measure | min | median | max |" in proc.stdout
+
+    payload = json.loads((results / "latest-XS.json").read_text())
+    assert payload["machine"]["cores"] >= 1 and payload["machine"]["memory_gib"] > 0
+    assert payload["scale"] == {"name": "XS", "rows_per_day": 500, "days": 12}
+    found = payload["results"]
+    for name in ("etl", "etl_pandas", "validate", "validate_pandas", "drift_profile", "drift_report_drifted",
+                 "drift_report_clean", "training_dag", "training_bare", "parse"):
+        summary = found[name]["summary"]
+        assert set(summary["wall_seconds"]) == {"min", "median", "max"}, name
+        assert summary["peak_rss_mib"]["median"] > 50, name
+    # Every stage of the training DAG succeeded and was timed.
+    dag = found["training_dag"]["summary"]
+    assert {"task_assemble_training_set_seconds", "task_train_challenger_seconds",
+            "task_evaluate_gates_seconds", "task_promote_if_better_seconds"} <= set(dag)
+    assert found["training_bare"]["runs"][0]["rows"] > 0
+    # Injected covariate drift is detected, the clean day is not.
+    assert found["drift_report_drifted"]["verdict"] is True
+    assert found["drift_report_clean"]["verdict"] is False
+    assert found["parse"]["specs"] >= 2 and found["parse"]["dags"] == 5 * found["parse"]["specs"]
+    statuses = {t["target"]: t["status"] for t in payload["targets"]}
+    assert statuses["training DAG at L: wall time"] == "n/a at XS"
+    assert "not measured" in statuses["drift report vs Evidently: speed-up"]
+    markdown = (results / "latest-XS.md").read_text()
+    assert "## Targets" in markdown and "cores" in markdown
