@@ -2,8 +2,11 @@
 
 Each measurement is a fresh child process reaped with ``os.wait4``, whose rusage is the kernel's
 account of that child and the descendants it waited for (the ``RUSAGE_CHILDREN`` numbers of one child):
-``ru_maxrss`` is the peak resident set of the largest of them. Stages that run inside the child also
-report their own in-process time (``stage_seconds``), which excludes interpreter start and imports.
+``ru_maxrss`` is the peak resident set of the largest of them. On Linux a child's ``ru_maxrss`` starts
+from the RSS of the process that forked it, so the harness keeps itself small (data preparation runs in
+child processes) and reports that floor (an empty interpreter measured the same way). Stages that run
+inside the child also report their own in-process time (``stage_seconds``), which excludes interpreter
+start and imports.
 """
 
 from __future__ import annotations
