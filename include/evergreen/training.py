@@ -27,6 +27,7 @@ import pandas as pd
 from evergreen import __version__, storage
 from evergreen.errors import DataQualityError
 from evergreen.evaluation import HOLDOUT_ARTIFACT, compute_metrics
+from evergreen.features import add_time_features
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 
 FEATURES_ZONE = "features"
@@ -170,19 +171,6 @@ def _cap_rows(frame: pd.DataFrame, keys: list[str], cap: int) -> pd.DataFrame:
     return frame.iloc[keep]
 
 
-def _derive_time_features(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
-    """Fill in derived time features when a partition lacks them (same rules as the feature ETL)."""
-    wanted = [c for c in ("event_hour", "event_day_of_week", "is_weekend") if c in spec.model_features]
-    if not spec.etl.time_features or all(c in frame.columns for c in wanted):
-        return frame
-    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
-    frame = frame.copy()
-    frame["event_hour"] = local.dt.hour.astype("float64")
-    frame["event_day_of_week"] = local.dt.day_of_week.astype("float64")
-    frame["is_weekend"] = (local.dt.day_of_week >= 5).astype("boolean")
-    return frame
-
-
 def _read_published(spec: PipelineSpec, ds: dt.date, expected_sha: str | None,
                     columns: list[str] | None = None) -> pd.DataFrame:
     """The files a partition's manifest lists, hashes verified; only ``columns`` (those present) if given."""
@@ -263,7 +251,7 @@ def _training_columns(spec: PipelineSpec) -> list[str]:
 
 def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
     """One published partition with the columns training needs, file hashes verified, capped if configured."""
-    frame = _derive_time_features(_read_published(spec, ds, expected_sha), spec)
+    frame = add_time_features(_read_published(spec, ds, expected_sha), spec, overwrite=False)
     wanted = _training_columns(spec)
     absent = [c for c in wanted if c not in frame.columns]
     if absent:
