@@ -72,9 +72,16 @@ def _read_one(spec: PipelineSpec, path: ObjectStoragePath, data: bytes) -> pd.Da
 
 
 def parse_timestamps(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """Timestamp column as UTC datetimes; naive values are in the spec's timezone, junk becomes NaT."""
+    """Timestamp column as UTC datetimes (naive values are in the spec's timezone, junk becomes NaT), and
+    nullable extension numbers (``Int64``, ``Float64``, as pandas writes them to Parquet) as numpy floats,
+    the types the gate's type checks and the feature builder expect."""
     import pandas as pd
 
+    masked = [c for c, dtype in frame.dtypes.items()
+              if isinstance(dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_numeric_dtype(dtype)
+              and not pd.api.types.is_bool_dtype(dtype)]
+    if masked:
+        frame = frame.assign(**{c: frame[c].to_numpy(dtype="float64", na_value=float("nan")) for c in masked})
     column = spec.timestamp_column
     if column not in frame.columns:
         return frame
@@ -132,6 +139,12 @@ def _quarantine(spec: PipelineSpec, ds: dt.date, report: dict[str, Any], rows: p
 
 def validate_raw_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
     """The data gate. Returns the validation summary; on failure quarantines and raises DataQualityError."""
+    return _validated_raw_partition(spec, ds)[2]
+
+
+def _validated_raw_partition(spec: PipelineSpec, ds: dt.date) -> tuple[pd.DataFrame, list[dict[str, Any]],
+                                                                        dict[str, Any]]:
+    """Read the day once and gate it: the frame, its sources, and the validation summary."""
     try:
         frame, sources = read_raw_partition(spec, ds)
     except MissingDataError:
@@ -147,7 +160,7 @@ def validate_raw_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
         raise MissingDataError(f"raw data for {spec.name} ds={ds} has no rows")
     report = validate_frame(spec, ds, frame)
     if report.success:
-        return {**report.summary(), "sources": sources}
+        return frame, sources, {**report.summary(), "sources": sources}
 
     bad = frame if report.whole_partition_bad else frame.iloc[report.bad_row_positions]
     where = _quarantine(spec, ds, report.to_dict(), bad, sources, [])
@@ -198,6 +211,11 @@ def build_feature_partition(spec: PipelineSpec, ds: dt.date, validation: dict[st
     if sources != validation.get("sources"):
         # The raw data changed after the gate passed: never publish unvalidated data.
         raise DataQualityError(f"raw data for {spec.name} ds={ds} changed after validation; rerun the DAG")
+    return _stage_features(spec, ds, frame, validation)
+
+
+def _stage_features(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame, validation: dict[str, Any]
+                    ) -> dict[str, Any]:
     features = build_features(spec, frame)
     data = storage.frame_to_parquet_bytes(features)
     directory = storage.partition_dir(FEATURES, spec.name, ds)
@@ -208,7 +226,7 @@ def build_feature_partition(spec: PipelineSpec, ds: dt.date, validation: dict[st
         "ds": ds.isoformat(),
         "file": {"name": name, "sha256": storage.sha256_bytes(data), "rows": len(features), "bytes": len(data)},
         "schema": schema,
-        "sources": sources,
+        "sources": validation["sources"],
         "validation": {k: v for k, v in validation.items() if k != "sources"},
     }
 
@@ -242,7 +260,6 @@ def publish_feature_partition(spec: PipelineSpec, ds: dt.date, staged: dict[str,
 
 
 def run_feature_etl(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
-    """All steps in one call (CLI, benchmarks): validate, build, publish."""
-    validation = validate_raw_partition(spec, ds)
-    staged = build_feature_partition(spec, ds, validation)
-    return publish_feature_partition(spec, ds, staged)
+    """All steps in one call (CLI, benchmarks), reading the raw day once: validate, build, publish."""
+    frame, _, validation = _validated_raw_partition(spec, ds)
+    return publish_feature_partition(spec, ds, _stage_features(spec, ds, frame, validation))
