@@ -108,3 +108,13 @@ def test_dagbag_has_no_import_errors(airflow_db: Path) -> None:
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     assert len(bag.dag_ids) >= 6
+
+
+def test_task_process_builds_only_its_own_dag(tmp_path: Path) -> None:
+    # What Airflow's task runner sets before it parses the file for one task (the parsing context).
+    env = {**os.environ, "EVERGREEN_STORAGE_ROOT": str(tmp_path), "_AIRFLOW_PARSING_CONTEXT_DAG_ID": "fraud_training",
+           "_AIRFLOW_PARSING_CONTEXT_TASK_ID": "train_challenger"}
+    result = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags" / "evergreen_dags.py")], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert list(json.loads(result.stdout.strip().splitlines()[-1])["dags"]) == ["fraud_training"]

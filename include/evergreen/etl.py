@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from evergreen import __version__, storage
 from evergreen.errors import DataQualityError, MissingDataError
-from evergreen.features import add_time_features
+from evergreen.features import add_time_features, sort_canonical
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 from evergreen.validation import partition_bounds, validate_frame
 
@@ -189,10 +189,9 @@ def build_features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     else:
         out[spec.target.name] = pd.to_numeric(target).astype("float64")
     features = add_time_features(pd.DataFrame(out), spec)
-    features = features[[*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]]
-    # Sort so the same rows in any input order give the same bytes.
-    features = features.sort_values([spec.timestamp_column, *spec.entity_keys], kind="stable")
-    return features.reset_index(drop=True)
+    return sort_canonical(
+        features[[*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]], spec
+    )
 
 
 def _to_boolean(values: pd.Series) -> pd.Series:

@@ -611,10 +611,24 @@ class LocalStack:
             ], timeout=300)
             backfills = self.get("/backfills", dag_id=dag_id, limit=100).get("backfills", [])
             return max(backfills, key=lambda b: b["id"])
-        return self.post("/backfills", {
+        body = {
             "dag_id": dag_id, "from_date": _iso(from_date), "to_date": _iso(to_date),
             "max_active_runs": max_active_runs, "reprocess_behavior": reprocess_behavior,
-        })
+        }
+        # On SQLite the API answers 503 when the scheduler holds the write lock. Ask again only when the
+        # refused request left no backfill behind.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return self.post("/backfills", body)
+            except StackError as exc:
+                if "HTTP 503" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+                existing = [b for b in self.get("/backfills", dag_id=dag_id, limit=100).get("backfills", [])
+                            if b.get("completed_at") is None]
+                if existing:
+                    return max(existing, key=lambda b: b["id"])
 
     def wait_for_backfill(self, backfill_id: int, timeout: float = 600, poll: float = 2.0) -> dict[str, Any]:
         """Wait until the scheduler marks a backfill completed (it checks every 30 s); return it."""

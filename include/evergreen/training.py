@@ -27,7 +27,7 @@ import pandas as pd
 from evergreen import __version__, storage
 from evergreen.errors import DataQualityError
 from evergreen.evaluation import HOLDOUT_ARTIFACT, compute_metrics
-from evergreen.features import add_time_features
+from evergreen.features import add_time_features, sort_canonical
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 
 FEATURES_ZONE = "features"
@@ -203,48 +203,6 @@ def _read_published(spec: PipelineSpec, ds: dt.date, expected_sha: str | None,
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def _is_sorted(frame: pd.DataFrame, by: list[str]) -> bool:
-    """Whether ``frame`` is already in lexicographic ``by`` order (ETL output is), without sorting it."""
-    n = len(frame)
-    if n < 2:
-        return True
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    try:
-        undecided = np.ones(n - 1, dtype=bool)
-        for column in by:
-            values = frame[column]
-            if values.hasnans:
-                return False
-            if pd.api.types.is_datetime64_any_dtype(values):
-                values = values.astype("int64")  # epoch units: numpy compares them natively
-            if isinstance(values.dtype, pd.StringDtype):  # compare in Arrow, not str by str in Python
-                text = pa.chunked_array(pa.array(values, type=pa.large_string())).combine_chunks()
-                earlier, later = text[:-1], text[1:]
-                greater = pc.greater(earlier, later).to_numpy(zero_copy_only=False)
-                equal = pc.equal(earlier, later).to_numpy(zero_copy_only=False)
-            else:
-                array = values.to_numpy()
-                greater, equal = array[:-1] > array[1:], array[:-1] == array[1:]
-            if (undecided & greater).any():
-                return False
-            undecided &= equal
-            if not undecided.any():
-                return True
-        return True
-    except (TypeError, pa.ArrowException):  # incomparable values: let sort_values decide (and raise)
-        return False
-
-
-def _sort_day(frame: pd.DataFrame, spec: PipelineSpec) -> pd.DataFrame:
-    # Sorting makes the row order independent of how the ETL split the day into files.
-    by = [spec.timestamp_column, *spec.entity_keys]
-    if not _is_sorted(frame, by):
-        frame = frame.sort_values(by, kind="stable")
-    return frame.reset_index(drop=True)
-
-
 def _training_columns(spec: PipelineSpec) -> list[str]:
     return [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
 
@@ -259,7 +217,7 @@ def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -
     frame = frame[wanted]
     if spec.window.max_rows_per_day:
         frame = _cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
-    return _sort_day(frame, spec)
+    return sort_canonical(frame, spec)
 
 
 def load_window_frames(spec: PipelineSpec, window: TrainingWindow) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
