@@ -312,6 +312,8 @@ class LocalStack:
             "EVERGREEN_STORAGE_ROOT": self.storage_root,
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
         }
+        # config/airflow_local_settings.py preloads the task libraries in the scheduler (see that file).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.repo / "config"), base.get("PYTHONPATH")]))
         if not self.mlflow_url:  # no server: keep MLflow's artifacts under home, not in a cwd ./mlruns
             env["EVERGREEN_MLFLOW_ARTIFACT_ROOT"] = (self.mlflow_dir / "artifacts").as_uri()
         env.update(self.extra_env)
