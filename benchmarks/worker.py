@@ -269,6 +269,14 @@ def bare_train(args: dict[str, Any]) -> dict[str, Any]:
     train, valid = read(args["train_days"]), read(args["validation_days"])
     for name in categorical:  # validation uses the training categories
         valid[name] = pd.Categorical(valid[name], categories=train[name].cat.categories)
+    if spec.get("model", {}).get("missing_values", "sentinel") == "sentinel":
+        # The same model as Evergreen's: missing values encoded, so XGBoost stores a dense matrix.
+        for frame in (train, valid):
+            for name in features:
+                if name in categorical:
+                    frame[name] = frame[name].cat.add_categories(["__missing__"]).fillna("__missing__")
+                else:
+                    frame[name] = frame[name].fillna(-1e30)
     loaded = time.perf_counter() - t
     model = spec.get("model", {})
     params = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"], "tree_method": "hist",

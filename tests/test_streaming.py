@@ -150,3 +150,36 @@ def test_republished_partition_fails_the_streamed_run(env: Path, monkeypatch: py
     publish_day(spec, days[2], make_feature_day(spec, days[2], 200, seed=11))
     with pytest.raises(DataQualityError, match="republished"):
         train_challenger(spec, window, lineage={})
+
+
+def test_missing_value_encodings(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default "sentinel": XGBoost gets a dense matrix (no NaN); "native" keeps NaN. Both paths agree in
+    each mode, the logged model encodes what it is given at serving time, and the quality is close."""
+    sentinel = small_spec()
+    native = sentinel.model_copy(update={"model": sentinel.model.model_copy(update={"missing_values": "native"})})
+    assert sentinel.model.missing_values == "sentinel"
+    configure_mlflow(monkeypatch, env, sentinel.name)
+    days = publish_days(sentinel, START, 14, rows=500, seed=5)
+    results = {}
+    for spec in (sentinel, native):
+        streamed, in_memory = _both(spec, days[-1])
+        _assert_same_model(streamed, in_memory)
+        results[spec.model.missing_values] = streamed
+    assert abs(results["sentinel"]["metrics"]["roc_auc"] - results["native"]["metrics"]["roc_auc"]) < 0.02
+
+    frame = make_feature_day(sentinel, days[-1], 200, seed=9)[list(sentinel.model_features)]
+    numeric = next(n for n, k in sentinel.model_features.items() if k == "numeric")
+    categorical = next(n for n, k in sentinel.model_features.items() if k == "categorical")
+    frame.loc[frame.index[:20], numeric] = np.nan
+    frame.loc[frame.index[20:40], categorical] = "never_seen_in_training"
+    fitted = training.fit_feature_schema(frame, {k: v.value for k, v in sentinel.model_features.items()},
+                                         missing="sentinel")
+    encoded = training.xgboost_input(training.prepare_features(frame, fitted), fitted)
+    assert not encoded.isna().any().any()
+    assert (encoded[numeric].iloc[:20] == training.MISSING_VALUE).all()
+    assert training.FeatureSchema.from_dict(fitted.to_dict()) == fitted
+    legacy = {k: v for k, v in fitted.to_dict().items() if k != "missing"}
+    assert training.FeatureSchema.from_dict(legacy).missing == "native"  # models logged before the option
+    for mode, result in results.items():
+        pred = np.asarray(mlflow.pyfunc.load_model(result["model_uri"]).predict(frame))
+        assert np.isfinite(pred).all() and len(pred) == len(frame), mode

@@ -167,6 +167,12 @@ class ModelSpec(_Model):
     num_boost_round: int = Field(default=300, ge=1)
     early_stopping_rounds: int = Field(default=20, ge=1)
     seed: int = 42
+    # How XGBoost sees missing values. "sentinel": a value below every real value (numerics) and a
+    # reserved category (categoricals), so XGBoost's matrices stay dense: about half the memory and a
+    # 1.6x faster fit when any feature has gaps, at the cost of the learned default direction (missing
+    # values go with the lowest values unless a split isolates them). "native": NaN, XGBoost's own
+    # sparsity-aware handling. See docs/performance.md for the measured trade-off.
+    missing_values: Literal["sentinel", "native"] = "sentinel"
 
 
 class GatesSpec(_Model):

@@ -245,13 +245,45 @@ class FeatureSchema:
     columns: tuple[str, ...]
     kinds: dict[str, str]
     categories: dict[str, list[str]]
+    missing: str = "native"  # ModelSpec.missing_values; models saved before it existed used NaN
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "kinds": dict(self.kinds), "categories": dict(self.categories)}
+        return {"columns": list(self.columns), "kinds": dict(self.kinds), "categories": dict(self.categories),
+                "missing": self.missing}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
-        return cls(tuple(data["columns"]), dict(data["kinds"]), {k: list(v) for k, v in data["categories"].items()})
+        return cls(tuple(data["columns"]), dict(data["kinds"]), {k: list(v) for k, v in data["categories"].items()},
+                   data.get("missing", "native"))
+
+    def xgboost_categories(self, name: str) -> list[str]:
+        """The categories XGBoost is given for ``name``: the training ones, plus the missing one if encoded."""
+        extra = [MISSING_CATEGORY] if self.missing == "sentinel" else []
+        return [*self.categories[name], *extra]
+
+
+MISSING_VALUE = -1e30  # float32-representable and below any real feature value
+MISSING_CATEGORY = "__missing__"
+
+
+def xgboost_input(matrix: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """The model matrix as XGBoost sees it: with ``schema.missing == "sentinel"`` missing numerics become
+    ``MISSING_VALUE`` and missing or unseen categories ``MISSING_CATEGORY``, so the matrix is dense."""
+    if schema.missing != "sentinel":
+        return matrix
+    out: dict[str, Any] = {}
+    for name in schema.columns:
+        values = matrix[name]
+        if schema.kinds[name] == "categorical":
+            codes = values.cat.codes.to_numpy().copy()
+            codes[codes < 0] = len(schema.categories[name])
+            dtype = pd.CategoricalDtype(pd.Index(schema.xgboost_categories(name), dtype=object))
+            out[name] = pd.Categorical.from_codes(codes, dtype=dtype)
+        else:
+            array = values.to_numpy(dtype="float64", copy=True)
+            array[np.isnan(array)] = MISSING_VALUE
+            out[name] = array
+    return pd.DataFrame(out, index=matrix.index)
 
 
 def _as_float(values: pd.Series) -> np.ndarray:
@@ -277,14 +309,14 @@ def _as_category(values: pd.Series, categories: list[str]) -> pd.Categorical:
     return pd.Categorical(text.to_numpy(dtype=object), categories=pd.Index(categories, dtype=object))
 
 
-def fit_feature_schema(frame: pd.DataFrame, features: Mapping[str, str]) -> FeatureSchema:
+def fit_feature_schema(frame: pd.DataFrame, features: Mapping[str, str], missing: str = "native") -> FeatureSchema:
     """Fix column order and the sorted category list of each categorical from (training) data."""
     categories: dict[str, list[str]] = {}
     for name, kind in features.items():
         if kind == "categorical":
             values = frame[name]
             categories[name] = sorted({str(v) for v in values[values.notna()].astype("object")})
-    return FeatureSchema(tuple(features), {k: str(v) for k, v in features.items()}, categories)
+    return FeatureSchema(tuple(features), {k: str(v) for k, v in features.items()}, categories, missing)
 
 
 def prepare_features(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
@@ -315,7 +347,7 @@ class EvergreenXGBModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
         import xgboost as xgb
 
-        matrix = prepare_features(pd.DataFrame(model_input), self._schema)
+        matrix = xgboost_input(prepare_features(pd.DataFrame(model_input), self._schema), self._schema)
         return self._booster.predict(xgb.DMatrix(matrix, enable_categorical=True)).astype("float64")
 
 
@@ -525,7 +557,7 @@ class _SpilledDays:
         self.on_first_load = on_first_load
         self.numeric = [c for c in schema.columns if schema.kinds[c] != "categorical"]
         self.categorical = [c for c in schema.columns if schema.kinds[c] == "categorical"]
-        self.dtypes = {c: pd.CategoricalDtype(pd.Index(schema.categories[c], dtype=object))
+        self.dtypes = {c: pd.CategoricalDtype(pd.Index(schema.xgboost_categories(c), dtype=object))
                        for c in self.categorical}
         self.expected = dict(rows)
         # (day index, first row, end row) of every batch, from the scan's row counts.
@@ -552,7 +584,7 @@ class _SpilledDays:
             raise DataQualityError(f"{self.spec.name} ds={ds} changed while training read it "
                                    f"({self.expected[ds]} rows, then {len(frame)}); select the window again")
         y = _labels(frame, self.spec)
-        matrix = prepare_features(frame, self.schema)
+        matrix = xgboost_input(prepare_features(frame, self.schema), self.schema)
         numeric = np.empty((len(frame), len(self.numeric)), dtype=np.float32, order="F")
         for j, name in enumerate(self.numeric):
             numeric[:, j] = matrix[name].to_numpy()
@@ -641,7 +673,8 @@ def _stream_training_data(spec: PipelineSpec, window: TrainingWindow, spill: Pat
     steps.mark("scan", days=len(scan.rows))
     if spec.task_type == TaskType.BINARY_CLASSIFICATION and len(scan.classes) < 2:
         raise DataQualityError(f"{spec.name}: the training days hold a single class; cannot train a classifier")
-    schema = FeatureSchema(tuple(kinds), dict(kinds), {k: sorted(v) for k, v in scan.categories.items()})
+    schema = FeatureSchema(tuple(kinds), dict(kinds), {k: sorted(v) for k, v in scan.categories.items()},
+                           spec.model.missing_values)
     quota = _sample_quota({ds: scan.rows[ds] for ds in window.train_days})
     samples: list[pd.DataFrame] = []
     glimpse: list[pd.DataFrame] = []
@@ -685,8 +718,9 @@ def _in_memory_training_data(spec: PipelineSpec, window: TrainingWindow) -> _Tra
     y_train, y_valid = _labels(train, spec), _labels(valid, spec)
     if spec.task_type == TaskType.BINARY_CLASSIFICATION and len(np.unique(y_train)) < 2:
         raise DataQualityError(f"{spec.name}: the training days hold a single class; cannot train a classifier")
-    schema = fit_feature_schema(train, _feature_kinds(spec))
-    X_train, X_valid = prepare_features(train, schema), prepare_features(valid, schema)
+    schema = fit_feature_schema(train, _feature_kinds(spec), missing=spec.model.missing_values)
+    X_train = xgboost_input(prepare_features(train, schema), schema)
+    X_valid = xgboost_input(prepare_features(valid, schema), schema)
     dtrain = xgb.QuantileDMatrix(X_train, label=y_train, enable_categorical=True)
     dvalid = xgb.QuantileDMatrix(X_valid, label=y_valid, ref=dtrain, enable_categorical=True)
     quota = _sample_quota({ds: len(f) for ds, f in zip(window.train_days, train_frames, strict=True)})
@@ -930,7 +964,7 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
     holdout_parts, baseline_parts = [], []
     for day in holdout_days:
         X_day = prepare_features(day, schema)
-        holdout_parts.append(booster.predict(xgb.DMatrix(X_day, enable_categorical=True)))
+        holdout_parts.append(booster.predict(xgb.DMatrix(xgboost_input(X_day, schema), enable_categorical=True)))
         baseline_parts.append(_baseline_predict(baseline, _baseline_input(X_day, schema), spec.task_type))
     holdout = pd.concat(holdout_days, ignore_index=True)
     del holdout_days
