@@ -166,3 +166,17 @@ def test_clean_day_does_not_start_gx_and_bad_day_gets_gx_report(fraud_raw: pd.Da
     assert failure.expectation == "expect_column_values_to_be_between" and failure.unexpected_count == 2
     # Only the failed expectation was re-run in COMPLETE mode; the others keep their BOOLEAN_ONLY verdict.
     assert sum(o.success for o in bad.outcomes) == bad.evaluated - 1
+
+
+def test_nullable_extension_numbers_are_normalised_for_the_gate(fraud_raw: pd.DataFrame) -> None:
+    raw = fraud_raw.assign(
+        txn_count_24h=fraud_raw["txn_count_24h"].astype("Int64"),
+        device_risk_score=fraud_raw["device_risk_score"].astype("Float64"),
+    )
+    frame = etl.parse_timestamps(FRAUD, raw)
+    assert frame["txn_count_24h"].dtype == np.dtype("int64")  # no gaps: exact integers stay integers
+    assert frame["device_risk_score"].dtype == np.dtype("float64")
+    assert frame["device_risk_score"].isna().sum() == fraud_raw["device_risk_score"].isna().sum() > 0
+    # Keys are not numbers to the gate: their dtype (and so their text form in the features) is untouched.
+    ids = etl.parse_timestamps(FRAUD, raw.assign(transaction_id=pd.array(range(len(raw)), dtype="Int64")))
+    assert str(ids["transaction_id"].dtype) == "Int64"

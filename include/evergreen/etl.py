@@ -73,15 +73,20 @@ def _read_one(spec: PipelineSpec, path: ObjectStoragePath, data: bytes) -> pd.Da
 
 def parse_timestamps(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Timestamp column as UTC datetimes (naive values are in the spec's timezone, junk becomes NaT), and
-    nullable extension numbers (``Int64``, ``Float64``, as pandas writes them to Parquet) as numpy floats,
-    the types the gate's type checks and the feature builder expect."""
+    numeric features and target in nullable extension dtypes (``Int64``, ``Float64``, as pandas writes them
+    to Parquet) as numpy numbers (floats with NaN where values are missing), the types the gate expects."""
     import pandas as pd
 
+    numbers = {f.name for f in spec.features if f.type == FeatureType.NUMERIC} | {spec.target.name}
     masked = [c for c, dtype in frame.dtypes.items()
-              if isinstance(dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_numeric_dtype(dtype)
-              and not pd.api.types.is_bool_dtype(dtype)]
+              if c in numbers and isinstance(dtype, pd.api.extensions.ExtensionDtype)
+              and pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)]
     if masked:
-        frame = frame.assign(**{c: frame[c].to_numpy(dtype="float64", na_value=float("nan")) for c in masked})
+        frame = frame.assign(**{
+            c: frame[c].to_numpy(dtype="float64", na_value=float("nan")) if frame[c].hasnans
+            else frame[c].to_numpy(dtype=frame[c].dtype.numpy_dtype)
+            for c in masked
+        })
     column = spec.timestamp_column
     if column not in frame.columns:
         return frame

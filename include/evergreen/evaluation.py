@@ -297,14 +297,19 @@ def _known_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in METRIC_DIRECTIONS}
 
 
+SCORE_CHUNK_ROWS = 500_000  # the model's working copies of its input stay bounded on multi-million-row holdouts
+
+
 def score_frame(model_uri: str, holdout: pd.DataFrame) -> np.ndarray:
-    """Predict with a logged pyfunc on the columns its signature asks for."""
+    """Predict with a logged pyfunc on the columns its signature asks for, in bounded chunks of rows."""
     import mlflow
 
     model = mlflow.pyfunc.load_model(model_uri)
     schema = model.metadata.get_input_schema()
     frame = holdout[schema.input_names()] if schema is not None else holdout
-    return np.asarray(model.predict(frame), dtype=float).reshape(-1)
+    parts = [np.asarray(model.predict(frame.iloc[start:start + SCORE_CHUNK_ROWS]), dtype=float).reshape(-1)
+             for start in range(0, len(frame), SCORE_CHUNK_ROWS)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=float)
 
 
 def current_champion(client: Any, model_name: str) -> Any | None:

@@ -127,8 +127,10 @@ Each run processes **one day** (`ds`): the run's data interval for scheduled run
 the logical date for `airflow dags test {spec.dag_id("feature_etl")} YYYY-MM-DD`, or the `ds` param.
 
 1. `wait_for_raw_partition`: waits (reschedule mode, no worker slot held) for `{source.path}` ({source.kind}, {source.format});
-2. `validate_raw_partition`: Great Expectations gate. Bad data fails the run **without retries**, the
-   offending rows and the report go to `quarantine/{spec.name}/ds=.../`, and no partition is written;
+2. `validate_raw_partition`: the spec's expectations (a Great Expectations suite). A clean day passes a
+   vectorised screen without starting GX; any other day is decided by GX. Bad data fails the run
+   **without retries**, the offending rows and GX's report go to `quarantine/{spec.name}/ds=.../`, and
+   no partition is written;
 3. `build_feature_partition`: typed features staged inside `features/{spec.name}/ds=.../`;
 4. `publish_feature_partition`: writes `_manifest.json` last (the commit point) and emits `features/{spec.name}`.
 

@@ -639,13 +639,6 @@ class _SpilledDays:
 
         return _Batches()
 
-    def predict(self, booster: Any) -> np.ndarray:
-        import xgboost as xgb
-
-        out = [booster.predict(xgb.DMatrix(self.batch(b)[0], enable_categorical=True))
-               for b in range(len(self.batches))]
-        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
-
 
 @dataclass
 class _TrainingData:
@@ -655,7 +648,6 @@ class _TrainingData:
     dtrain: Any
     dvalid: Any
     y_valid: np.ndarray
-    predict_validation: Any  # booster -> validation predictions (row order of y_valid)
     sample: pd.DataFrame  # bounded deterministic sample of the training days (baseline, profile)
     valid_glimpse: pd.DataFrame  # a few validation rows (dataset logging)
     rows_train: int
@@ -699,7 +691,6 @@ def _stream_training_data(spec: PipelineSpec, window: TrainingWindow, spill: Pat
     steps.mark("validation_matrix", rows=valid.rows)
     return _TrainingData(
         schema=schema, dtrain=dtrain, dvalid=dvalid, y_valid=np.concatenate(valid.labels),
-        predict_validation=valid.predict,
         sample=pd.concat(samples, ignore_index=True), valid_glimpse=glimpse[0] if glimpse else pd.DataFrame(),
         rows_train=train.rows, rows_valid=valid.rows,
     )
@@ -728,7 +719,6 @@ def _in_memory_training_data(spec: PipelineSpec, window: TrainingWindow) -> _Tra
                         for ds, f in zip(window.train_days, train_frames, strict=True)], ignore_index=True)
     return _TrainingData(
         schema=schema, dtrain=dtrain, dvalid=dvalid, y_valid=y_valid,
-        predict_validation=lambda booster: booster.predict(xgb.DMatrix(X_valid, enable_categorical=True)),
         sample=sample, valid_glimpse=valid.head(DATASET_LOG_ROWS), rows_train=len(train), rows_valid=len(valid),
     )
 
@@ -946,9 +936,11 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
         best_iteration = int(booster.best_iteration)
         booster = booster[: best_iteration + 1]  # keep only the trees up to the early-stopping optimum
         steps.mark("fit", best_iteration=best_iteration)
+        # Scored on the quantised matrix (splits fall on its bin edges, so the predictions are the same as on
+        # the raw values): no second pass over the validation data.
+        valid_pred = booster.predict(data.dvalid)
         data.dtrain = data.dvalid = None  # the quantised matrices are the biggest thing alive: free them now
         _release_memory(collect=True)
-        valid_pred = data.predict_validation(booster)
     validation_metrics = compute_metrics(spec.task_type, data.y_valid, valid_pred)
     schema, sample, glimpse = data.schema, data.sample, data.valid_glimpse
     rows_train, rows_valid = data.rows_train, data.rows_valid
