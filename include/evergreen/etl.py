@@ -3,7 +3,7 @@
 Each function is one step of the ``<spec>_feature_etl`` DAG and returns a small JSON-safe reference:
 
 1. ``raw_partition_ready``      is the day's raw data there?
-2. ``validate_raw_partition``   GX gate; on failure quarantine the data and raise ``DataQualityError``
+2. ``validate_raw_partition``   the gate (GX decides any day the screen does not pass); on failure quarantine and raise
 3. ``build_feature_partition``  typed features staged in the partition (invisible until published)
 4. ``publish_feature_partition`` manifest last: the partition now exists
 """

@@ -1,8 +1,10 @@
-"""The data-validation gate: a Great Expectations 1.x suite derived from the pipeline spec.
+"""The data-validation gate: the spec's expectations, decided by Great Expectations 1.x.
 
-``build_suite`` turns the spec's schema and expectations into GX expectations; ``validate_frame`` runs
-them on a raw partition and returns a ``ValidationReport`` that names every failed expectation with its
-counts and the positions of the offending rows (for quarantine).
+``expectation_checks`` turns the spec's schema and expectations into one declarative list, named and
+parameterised as GX expectations; ``build_suite`` makes it a GX suite. ``validate_frame`` gates a raw
+partition: ``screen_passes`` recognises a clean one with vectorised checks (no GX start-up, which costs
+more than the work on a small day), and every other partition is decided by GX, whose result names each
+failed expectation with its counts and the positions of the offending rows (for quarantine).
 """
 
 from __future__ import annotations
