@@ -118,3 +118,23 @@ def test_task_process_builds_only_its_own_dag(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     assert list(json.loads(result.stdout.strip().splitlines()[-1])["dags"]) == ["fraud_training"]
+
+
+@pytest.mark.parametrize(("argv", "preloads"), [
+    (["airflow", "scheduler"], True),
+    (["airflow", "celery", "worker"], True),
+    (["airflow", "dag-processor"], False),
+    (["airflow", "api-server"], False),
+    (["airflow", "dags", "list"], False),
+])
+def test_local_settings_preload_only_where_tasks_are_forked(argv: list[str], preloads: bool) -> None:
+    # config/airflow_local_settings.py, as Airflow imports it at start-up in each of these processes.
+    probe = (f"import sys; sys.argv = {argv!r}; import airflow_local_settings; "
+             "print(sorted(m for m in ('pandas', 'pyarrow', 'evergreen.etl') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "config")}
+    env.pop("EVERGREEN_PRELOAD_MODULES", None)
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
+    assert loaded == (["evergreen.etl", "pandas", "pyarrow"] if preloads else [])

@@ -181,5 +181,7 @@ def test_missing_value_encodings(env: Path, monkeypatch: pytest.MonkeyPatch) -> 
     legacy = {k: v for k, v in fitted.to_dict().items() if k != "missing"}
     assert training.FeatureSchema.from_dict(legacy).missing == "native"  # models logged before the option
     for mode, result in results.items():
-        pred = np.asarray(mlflow.pyfunc.load_model(result["model_uri"]).predict(frame))
+        served = mlflow.pyfunc.load_model(result["model_uri"])
+        assert served.unwrap_python_model()._schema.missing == mode  # the served model encodes as trained
+        pred = np.asarray(served.predict(frame))
         assert np.isfinite(pred).all() and len(pred) == len(frame), mode

@@ -18,6 +18,13 @@ import pytest
 from evergreen import etl, validation
 from evergreen.simulate import generate_day
 from evergreen.spec import PipelineSpec, get_spec
+from test_etl import (
+    _bad_duplicate_keys,
+    _bad_out_of_range,
+    _bad_timestamp_outside_day,
+    _bad_unknown_category,
+    _bad_wrong_type,
+)
 
 DAY = dt.date(2026, 11, 1)
 FRAUD = get_spec("fraud")
@@ -58,12 +65,6 @@ def _nulls(column: str, fraction: float) -> Callable[[pd.DataFrame], pd.DataFram
     return corrupt
 
 
-def _duplicate_key(raw: pd.DataFrame) -> pd.DataFrame:
-    raw = raw.copy()
-    raw.loc[10, "transaction_id"] = raw.loc[11, "transaction_id"]
-    return raw
-
-
 def _float_target(raw: pd.DataFrame) -> pd.DataFrame:
     return raw.assign(is_fraud=raw["is_fraud"].astype("float64"))
 
@@ -84,15 +85,15 @@ def _target_out_of_set(raw: pd.DataFrame) -> pd.DataFrame:
 
 FRAUD_CASES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "clean": lambda raw: raw,
-    "out_of_range": _set("device_risk_score", [5, 9], 7.5),
+    "out_of_range": _bad_out_of_range,
     "negative_amount": _set("amount", [2], -1.0),
     "infinite_amount": _set("amount", [2], np.inf),
-    "wrong_type": _set("amount", [3], "twelve"),
-    "unknown_category": _set("channel", [1], "carrier_pigeon"),
+    "wrong_type": _bad_wrong_type,
+    "unknown_category": _bad_unknown_category,
     "null_in_required": _set("merchant_category", [7], None),
     "null_key": _set("transaction_id", [7], None),
-    "duplicate_key": _duplicate_key,
-    "timestamp_outside": _set("event_ts", [0], pd.Timestamp("2026-10-30T12:00:00Z")),
+    "duplicate_key": _bad_duplicate_keys,
+    "timestamp_outside": _bad_timestamp_outside_day,
     "timestamp_last_microsecond": _set("event_ts", [0], pd.Timestamp("2026-11-01T23:59:59.999999Z")),
     "timestamp_next_midnight": _set("event_ts", [0], pd.Timestamp("2026-11-02T00:00:00Z")),
     "missing_column": lambda raw: raw.drop(columns=["country"]),

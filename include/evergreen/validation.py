@@ -337,8 +337,8 @@ def _validate_with_gx(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> V
     context.data_sources.add_pandas("raw").add_dataframe_asset("partition").add_batch_definition_whole_dataframe(
         "whole")
     suite = build_suite(spec, ds, list(frame.columns))
-    screen = _run_suite(context, suite, frame, "BOOLEAN_ONLY")
-    results = list(screen.results)
+    verdicts = _run_suite(context, suite, frame, "BOOLEAN_ONLY")
+    results = list(verdicts.results)
     failed = [i for i, item in enumerate(results) if not item.success]
     if failed:
         detail = _run_suite(
