@@ -25,13 +25,13 @@ $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
 setup: $(STAMP) ## create .venv with the locked stack (idempotent)
 
 demo: setup ## run the embedded demo (Airflow UI :8080, MLflow UI :5000, local storage); leaves it running
-	@$(BIN)/python -m evergreen.demo
+	@$(BIN)/python -m devtools.demo
 
 stop: ## stop the demo stack started by `make demo`
-	@$(BIN)/python -m evergreen.demo stop
+	@$(BIN)/python -m devtools.demo stop
 
 status: ## show whether the demo stack is running
-	@$(BIN)/python -m evergreen.demo status
+	@$(BIN)/python -m devtools.demo status
 
 test: setup ## run every test tier (unit, DAG, S3 over HTTP, real scheduler)
 	@echo "[test] running the whole suite"

@@ -102,7 +102,7 @@ def publish_features_fast(spec, ds: dt.date) -> dict:
     The ETL benchmark measures the real path (``run_feature_etl``); preparing 30 days of L-scale data
     through it would only make the preparation slower.
     """
-    from evergreen import etl
+    from evergreen.etl import ingest as etl
 
     frame, sources = etl.read_raw_partition(spec, ds)
     validation = {"engine": "benchmark-prep (not validated)", "success": True, "rows": len(frame),
@@ -138,7 +138,8 @@ def ensure_data(scale: Scale, *, data_dir: Path = DATA_DIR, log=print) -> Path:
 
 def drift_frames(scale: Scale, data_dir: Path = DATA_DIR) -> dict[str, Path]:
     """Reference day and two current days (clean, covariate drift) as feature Parquet files (cached)."""
-    from evergreen import etl, storage
+    from evergreen import storage
+    from evergreen.etl import ingest as etl
 
     folder = data_dir / scale.name / "drift"
     names = {"reference": folder / "reference.parquet", "clean": folder / "current_clean.parquet",

@@ -360,7 +360,7 @@ class Bench:
     # ------------------------------------------------------------------ 4. backfill
 
     def bench_backfill(self, days: int) -> None:
-        from evergreen.localstack import LocalStack, free_port
+        from devtools.localstack import LocalStack, free_port
 
         scale = data.SCALES["S"]
         log(f"[backfill] {days} daily ETL runs of {scale.rows_per_day:,} rows through the scheduler")

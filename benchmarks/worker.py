@@ -36,11 +36,11 @@ def _spec(args: dict[str, Any]):
 
 @stage
 def etl(args: dict[str, Any]) -> dict[str, Any]:
-    """evergreen.etl.run_feature_etl: read, validate (screen; GX only if it fails), build features, publish."""
+    """evergreen.etl.ingest.run_feature_etl: read, validate (screen; GX only if it fails), build features, publish."""
     t = time.perf_counter()
     import pandas  # noqa: F401  (what a task process imports; GX is imported only for a failing day)
     import pyarrow.parquet  # noqa: F401
-    from evergreen import etl as evergreen_etl
+    from evergreen.etl import ingest as evergreen_etl
 
     spec = _spec(args)
     imported = time.perf_counter() - t
@@ -51,11 +51,11 @@ def etl(args: dict[str, Any]) -> dict[str, Any]:
 
 @stage
 def validate(args: dict[str, Any]) -> dict[str, Any]:
-    """evergreen.etl.validate_raw_partition alone (read + the gate)."""
+    """evergreen.etl.ingest.validate_raw_partition alone (read + the gate)."""
     t = time.perf_counter()
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
-    from evergreen import etl as evergreen_etl
+    from evergreen.etl import ingest as evergreen_etl
 
     spec = _spec(args)
     imported = time.perf_counter() - t
@@ -70,8 +70,8 @@ def validate_gx(args: dict[str, Any]) -> dict[str, Any]:
     """The same gate decided by GX (what a day that fails the screen costs): read + the GX suite."""
     t = time.perf_counter()
     import great_expectations  # noqa: F401
-    from evergreen import etl as evergreen_etl
-    from evergreen.validation import validate_frame
+    from evergreen.etl import ingest as evergreen_etl
+    from evergreen.etl.validation import validate_frame
 
     spec = _spec(args)
     imported = time.perf_counter() - t
@@ -84,10 +84,10 @@ def validate_gx(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def pandas_checks(spec, ds: dt.date, frame) -> list[str]:
-    """The checks of the GX suite (evergreen.validation.build_suite), written directly in pandas."""
+    """The checks of the GX suite (evergreen.etl.validation.build_suite), written directly in pandas."""
     import pandas as pd
+    from evergreen.etl.validation import BOOLEAN_VALUES, partition_bounds
     from evergreen.spec import FeatureType, TaskType
-    from evergreen.validation import BOOLEAN_VALUES, partition_bounds
 
     failures: list[str] = []
     absent = [c for c in spec.raw_columns if c not in frame.columns]
@@ -148,7 +148,8 @@ def pandas_validate(args: dict[str, Any]) -> dict[str, Any]:
     """The same checks as the GX gate, in plain pandas: read the raw file, check it."""
     t = time.perf_counter()
     import pyarrow.parquet  # noqa: F401
-    from evergreen import storage, validation  # noqa: F401
+    from evergreen import storage  # noqa: F401
+    from evergreen.etl import validation  # noqa: F401
 
     spec = _spec(args)
     imported = time.perf_counter() - t
@@ -166,7 +167,8 @@ def pandas_etl(args: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     import pandas as pd
     import pyarrow.parquet  # noqa: F401
-    from evergreen import storage, validation  # noqa: F401
+    from evergreen import storage  # noqa: F401
+    from evergreen.etl import validation  # noqa: F401
 
     spec = _spec(args)
     imported = time.perf_counter() - t
@@ -196,7 +198,7 @@ def profile(args: dict[str, Any]) -> dict[str, Any]:
     """Reference profile of the reference frame (what training logs with each model)."""
     t = time.perf_counter()
     import pandas as pd
-    from evergreen.drift import build_reference_profile
+    from evergreen.drift.profile import build_reference_profile
 
     spec = _spec(args)
     imported = time.perf_counter() - t
@@ -210,18 +212,18 @@ def profile(args: dict[str, Any]) -> dict[str, Any]:
 
 @stage
 def drift(args: dict[str, Any]) -> dict[str, Any]:
-    """evergreen.drift.drift_report of one day against the reference profile (read + report)."""
+    """evergreen.drift.statistics.drift_report of one day against the reference profile (read + report)."""
     t = time.perf_counter()
     import pandas as pd
     import scipy.stats  # noqa: F401  (numeric_drift imports it lazily)
-    from evergreen.drift import drift_report
+    from evergreen.drift.statistics import drift_report
 
     spec = _spec(args)
     imported = time.perf_counter() - t
     reference = json.loads(Path(args["profile"]).read_text())
     t = time.perf_counter()
     frame = pd.read_parquet(args["current"])
-    report = drift_report(spec, reference, frame, champion_version=None, ds=args["ds"])
+    report = drift_report(spec, reference, frame, champion_version=None, ds=dt.date.fromisoformat(args["ds"]))
     seconds = time.perf_counter() - t
     return {"import_seconds": imported, "stage_seconds": seconds, "rows": len(frame),
             "drift_detected": report["drift_detected"], "drifted_share": report["drifted_share"],

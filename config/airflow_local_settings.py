@@ -1,7 +1,7 @@
 """Airflow local settings for Evergreen: preload the task libraries in the processes that fork tasks.
 
 Airflow imports this module (found on ``sys.path``: ``$AIRFLOW_HOME/config`` in the image, put on
-``PYTHONPATH`` by ``evergreen.localstack``) when any Airflow process starts. In the two processes whose
+``PYTHONPATH`` by ``devtools.localstack``) when any Airflow process starts. In the two processes whose
 forks run tasks (the scheduler, whose LocalExecutor workers fork task processes, and a Celery worker) it
 imports the libraries every ETL task needs, so each task process inherits them instead of importing them
 again: pandas and pyarrow cost ~1 s of CPU per task on a small worker, more than the work of a
@@ -17,7 +17,7 @@ import sys
 
 __all__: list[str] = []  # no cluster policies here; Airflow scans public names for them
 
-DEFAULT_PRELOAD = "pandas,pyarrow.parquet,evergreen.etl"
+DEFAULT_PRELOAD = "pandas,pyarrow.parquet,evergreen.etl.ingest"
 
 
 def _forks_tasks(argv: list[str]) -> bool:

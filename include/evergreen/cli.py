@@ -67,7 +67,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_etl(args: argparse.Namespace) -> int:
     from evergreen.errors import DataQualityError
-    from evergreen.etl import run_feature_etl
+    from evergreen.etl.ingest import run_feature_etl
     from evergreen.spec import get_spec
 
     spec = get_spec(args.spec)

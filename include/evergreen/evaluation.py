@@ -18,10 +18,8 @@ Gate semantics (all metric names are those of :data:`METRIC_DIRECTIONS`):
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,8 +46,6 @@ METRIC_DIRECTIONS: dict[str, str] = {
 CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1", "accuracy", "brier", "ece")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 
-HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
-GATES_ARTIFACT = "gates/gates.json"
 SLICE_MISSING = "__missing__"
 _EPS = 1e-12
 
@@ -312,48 +308,34 @@ def score_frame(model_uri: str, holdout: pd.DataFrame) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype=float)
 
 
-def current_champion(client: Any, model_name: str) -> Any | None:
-    """The ModelVersion behind ``@champion``, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(model_name, "champion")
-    except MlflowException:
-        return None
-
-
 def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     """Score challenger and current champion on the challenger's holdout, apply the gates, record them.
 
     The champion is loaded by version number (read once from the alias) so the report names exactly
     the model it was compared against; the registry's compare-and-set relies on that.
     """
-    import mlflow
     from mlflow import MlflowClient
 
-    from evergreen import storage
+    from evergreen import layout, registry, storage, tracking
+    from evergreen.tracking import Tag
 
     client = MlflowClient()
-    run = client.get_run(run_id)
-    tags = run.data.tags
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
-        holdout = pd.read_parquet(Path(local))
+    tags = client.get_run(run_id).data.tags
+    holdout = tracking.download_holdout(run_id)
     y_true = holdout[spec.target.name].to_numpy(dtype=float)
 
-    model_uri = tags.get("evergreen.model_uri") or f"runs:/{run_id}/model"
-    challenger_pred = score_frame(model_uri, holdout)
+    challenger_pred = score_frame(tracking.model_uri_of(run_id, tags), holdout)
     challenger_metrics = compute_metrics(spec.task_type, y_true, challenger_pred)
 
-    baseline_run_id = tags.get("evergreen.baseline_run_id")
+    baseline_run_id = tags.get(Tag.BASELINE_RUN_ID)
     baseline_metrics = _known_metrics(client.get_run(baseline_run_id).data.metrics) if baseline_run_id else {}
 
-    champion = current_champion(client, spec.registered_model_name)
+    champion = registry.champion(spec, client)
     champion_metrics: dict[str, float] | None = None
     if champion is not None:
         # A champion that cannot score this holdout (e.g. the feature list changed) raises: an operator
         # must decide, silently treating it as "no champion" would auto-promote anything.
-        champion_pred = score_frame(f"models:/{spec.registered_model_name}/{champion.version}", holdout)
+        champion_pred = score_frame(registry.version_uri(spec, champion.version), holdout)
         champion_metrics = compute_metrics(spec.task_type, y_true, champion_pred)
 
     slice_metrics: dict[str, dict[str, float]] = {}
@@ -372,13 +354,11 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
         "champion_version": str(champion.version) if champion is not None else None,
         "champion_run_id": champion.run_id if champion is not None else None,
         "holdout_rows": len(holdout),
-        "data_digest": tags.get("evergreen.data_digest"),
-        "as_of": tags.get("evergreen.as_of"),
+        "data_digest": tags.get(Tag.DATA_DIGEST),
+        "as_of": tags.get(Tag.AS_OF),
     }
     result = json_safe(result)
-    client.log_dict(run_id, result, GATES_ARTIFACT)
-    client.set_tag(run_id, "evergreen.gates_passed", str(report.passed).lower())
-    storage.write_json_atomic(
-        storage.storage_root() / "models" / spec.name / "decisions" / run_id / "gates.json", result
-    )
+    client.log_dict(run_id, result, tracking.GATES_ARTIFACT)
+    client.set_tag(run_id, Tag.GATES_PASSED, str(report.passed).lower())
+    storage.write_json_atomic(storage.at(layout.gate_report(spec.name, run_id)), result)
     return result

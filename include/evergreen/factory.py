@@ -29,7 +29,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from evergreen.errors import DataQualityError, MissingDataError
+from evergreen.errors import DataQualityError, MissingDataError, RegistryError
 from evergreen.spec import PipelineSpec, load_specs
 
 DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
@@ -100,13 +100,20 @@ def _start_date(spec: PipelineSpec) -> pendulum.DateTime:
     return pendulum.datetime(start.year, start.month, start.day, tz=spec.schedule.timezone)
 
 
-def _default_args(spec: PipelineSpec, timeout_minutes: int) -> dict[str, Any]:
+def _dag_defaults(spec: PipelineSpec, kind_tag: str, *, timeout_minutes: int, spec_tags: bool = True
+                  ) -> dict[str, Any]:
+    """What every Evergreen DAG shares: start date, no catch-up, task retries and timeout, tags."""
     return {
-        "owner": spec.owner,
-        "retries": 2,
-        "retry_delay": dt.timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(minutes=timeout_minutes),
+        "start_date": _start_date(spec),
+        "catchup": False,
+        "default_args": {
+            "owner": spec.owner,
+            "retries": 2,
+            "retry_delay": dt.timedelta(seconds=30),
+            "retry_exponential_backoff": True,
+            "execution_timeout": dt.timedelta(minutes=timeout_minutes),
+        },
+        "tags": sorted({"evergreen", kind_tag, spec.name, *(spec.tags if spec_tags else [])}),
     }
 
 
@@ -137,11 +144,8 @@ the logical date for `airflow dags test {spec.dag_id("feature_etl")} YYYY-MM-DD`
 Reruns rewrite the day byte-identically. Backfill: `airflow backfill create --dag-id {spec.dag_id("feature_etl")} --from-date A --to-date B`.
 """,
         schedule=CronDataIntervalTimetable(spec.schedule.cron, timezone=spec.schedule.timezone),
-        start_date=_start_date(spec),
-        catchup=False,
         max_active_runs=4,
-        default_args=_default_args(spec, timeout_minutes=30),
-        tags=sorted({"evergreen", "etl", spec.name, *spec.tags}),
+        **_dag_defaults(spec, "etl", timeout_minutes=30),
         params={
             "ds": Param(
                 None,
@@ -163,29 +167,29 @@ Reruns rewrite the day byte-identically. Backfill: `airflow backfill create --da
             retries=0,
         )
         def wait_for_raw_partition() -> bool:
-            from evergreen.etl import raw_partition_ready
+            from evergreen.etl import ingest
 
-            return raw_partition_ready(spec, partition_date_from_context(spec))
+            return ingest.raw_partition_ready(spec, partition_date_from_context(spec))
 
         @task(multiple_outputs=False, retries=2)
         def validate_raw_partition() -> dict[str, Any]:
-            from evergreen import etl
+            from evergreen.etl import ingest
 
             with data_errors_fail_fast(spec):
-                return etl.validate_raw_partition(spec, partition_date_from_context(spec))
+                return ingest.validate_raw_partition(spec, partition_date_from_context(spec))
 
         @task(multiple_outputs=False)
         def build_feature_partition(validation: dict[str, Any]) -> dict[str, Any]:
-            from evergreen import etl
+            from evergreen.etl import ingest
 
             with data_errors_fail_fast(spec):
-                return etl.build_feature_partition(spec, partition_date_from_context(spec), validation)
+                return ingest.build_feature_partition(spec, partition_date_from_context(spec), validation)
 
         @task(multiple_outputs=False, outlets=[features])
         def publish_feature_partition(staged: dict[str, Any]) -> dict[str, Any]:
-            from evergreen import etl
+            from evergreen.etl import ingest
 
-            published = etl.publish_feature_partition(spec, partition_date_from_context(spec), staged)
+            published = ingest.publish_feature_partition(spec, partition_date_from_context(spec), staged)
             get_current_context()["outlet_events"][features].extra = {
                 "ds": published["ds"],
                 "rows": published["rows"],
@@ -246,11 +250,8 @@ Trigger with the form: `as_of`, `window_days`, `reason`, `drift_report`, `dry_ru
 Every decision is in `models/{spec.name}/decisions/` in storage and tagged on the model version.
 """,
         schedule=CronDataIntervalTimetable(spec.schedule.training_cron, timezone=spec.schedule.timezone),
-        start_date=_start_date(spec),
-        catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec, timeout_minutes=120),
-        tags=sorted({"evergreen", "training", spec.name, *spec.tags}),
+        **_dag_defaults(spec, "training", timeout_minutes=120),
         params={
             "as_of": Param(None, type=["null", "string"], format="date", pattern=DATE_PATTERN, title="As of",
                            description="Last day of the training window (YYYY-MM-DD). Empty: the run's date."),
@@ -267,20 +268,21 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
     def training() -> None:
         @task(multiple_outputs=False, retries=1)
         def assemble_training_set() -> dict[str, Any]:
-            from evergreen import training
+            from evergreen.training.window import select_window
 
             as_of = partition_date_from_context(spec, param="as_of")
             window_days = int(get_current_context()["params"]["window_days"])
             with data_errors_fail_fast(spec):
-                return training.select_window(spec, as_of, window_days).to_dict()
+                return select_window(spec, as_of, window_days).to_dict()
 
         @task(multiple_outputs=False)
         def train_challenger(window: dict[str, Any]) -> dict[str, Any]:
-            from evergreen import training
+            from evergreen.training.train import train_challenger
+            from evergreen.training.window import TrainingWindow
 
             lineage = _lineage_from_context(get_current_context()["params"].get("reason"))
             with data_errors_fail_fast(spec):
-                return training.train_challenger(spec, training.TrainingWindow.from_dict(window), lineage=lineage)
+                return train_challenger(spec, TrainingWindow.from_dict(window), lineage=lineage)
 
         @task(multiple_outputs=False)
         def evaluate_gates(trained: dict[str, Any]) -> dict[str, Any]:
@@ -331,11 +333,8 @@ replaced champion becomes `previous_champion`. No version is deleted, and the de
 appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --spec {spec.name}`.
 """,
         schedule=None,
-        start_date=_start_date(spec),
-        catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec, timeout_minutes=10),
-        tags=sorted({"evergreen", "rollback", spec.name}),
+        **_dag_defaults(spec, "rollback", timeout_minutes=10, spec_tags=False),
         params={
             "target_version": Param(None, type=["null", "string"], pattern=r"^([0-9]+)?$", title="Target version",
                                     description="Model version to make champion. Empty: previous_champion."),
@@ -359,7 +358,7 @@ appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --s
                     reason=params["reason"],
                     decided_at=getattr(context.get("dag_run"), "run_after", None),
                 )
-            except registry.RegistryError as exc:
+            except RegistryError as exc:
                 raise AirflowFailException(str(exc)) from exc
 
         rollback_champion()
@@ -398,11 +397,8 @@ Reruns are idempotent (one report per partition); a day missed while the schedul
             timetable=CronTriggerTimetable(spec.drift.monitor_cron, timezone=spec.schedule.timezone),
             assets=[features],
         ),
-        start_date=_start_date(spec),
-        catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec, timeout_minutes=30),
-        tags=sorted({"evergreen", "monitoring", spec.name, *spec.tags}),
+        **_dag_defaults(spec, "monitoring", timeout_minutes=30),
     )
     def drift_monitor() -> None:
         @task(multiple_outputs=False)
@@ -457,11 +453,8 @@ in `models/{spec.name}/drift_triggers/`:
   `as_of` = the report's day, under the run id `drift__<ds>__<report sha>`: one report, at most one retrain.
 """,
         schedule=CronTriggerTimetable(spec.schedule.drift_sensor_cron, timezone=spec.schedule.timezone),
-        start_date=_start_date(spec),
-        catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec, timeout_minutes=15),
-        tags=sorted({"evergreen", "monitoring", spec.name, *spec.tags}),
+        **_dag_defaults(spec, "monitoring", timeout_minutes=15),
     )
     def drift_sensor() -> None:
         @task.sensor(poke_interval=cfg.sensor_poke_seconds, timeout=cfg.sensor_timeout_minutes * 60,

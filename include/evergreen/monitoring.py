@@ -1,9 +1,12 @@
-"""Drift monitoring and drift-triggered retraining decisions.
+"""Monitoring: batch scoring, drift reports in storage, and drift-triggered retraining decisions.
 
-The monitor gives every published feature partition exactly one drift report against the champion's
-reference profile (catching up on days it missed). The sensor side reads reports it has not acted on,
-decides (dedup, hysteresis, cooldown) and appends every decision to a trigger ledger in storage:
-``models/<spec>/drift_triggers/<ds>-<report sha>.json``.
+* **Scoring**: each published feature partition scored by the champion (and a shadow challenger) into
+  ``predictions/<spec>/ds=.../``, the model version in every row, and a manifest naming the feature
+  partition and model versions it came from: same features and versions, same bytes.
+* **Monitor**: every published feature partition gets exactly one drift report against the champion's
+  reference profile (catching up on days it missed), as ``report.json`` + ``report.html``.
+* **Sensor side**: reads reports it has not acted on, decides (dedup, hysteresis, cooldown) and records
+  every decision in the trigger ledger (``models/<spec>/drift_triggers/``).
 """
 
 from __future__ import annotations
@@ -11,16 +14,176 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-from evergreen import storage
+from evergreen import layout, registry, storage, tracking
+from evergreen.errors import MissingDataError, NoChampionError
 from evergreen.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
 MAX_PARTITIONS_PER_RUN = 62
-LEDGER = "drift_triggers"
 TRIGGERED = "triggered"
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def scoring_models(spec: PipelineSpec) -> dict[str, str]:
+    """``{"champion": version[, "challenger": version]}``; the challenger only when it is not the champion."""
+    models = registry.serving_versions(spec)
+    if not models:
+        raise NoChampionError(f"registered model {spec.registered_model_name!r} has no @champion to score with")
+    return models
+
+
+def score_partition(spec: PipelineSpec, ds: dt.date, models: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score the day's feature partition; reuse the existing output when inputs and versions match."""
+    import pandas as pd
+
+    from evergreen.evaluation import score_frame
+
+    feature_dir = storage.partition_dir(layout.FEATURES, spec.name, ds)
+    features_manifest = storage.read_manifest(feature_dir)
+    if features_manifest is None:
+        raise MissingDataError(f"no published feature partition for {spec.name} ds={ds}")
+    models = models or scoring_models(spec)
+    out_dir = storage.partition_dir(layout.PREDICTIONS, spec.name, ds)
+    existing = storage.read_manifest(out_dir)
+    if (existing and existing.get("features_content_sha256") == features_manifest["content_sha256"]
+            and existing.get("models") == models):
+        log.info("predictions for %s ds=%s are current (models %s); nothing to do", spec.name, ds, models)
+        return _prediction_reference(out_dir, existing)
+
+    frame = storage.read_partition(feature_dir, expected_sha256=features_manifest["content_sha256"])
+    name = spec.registered_model_name
+    parts = []
+    for role, version in models.items():
+        scores = score_frame(registry.version_uri(spec, version), frame) if len(frame) else []
+        part = frame[[*spec.entity_keys, spec.timestamp_column]].copy()
+        part["model_role"] = pd.Series([role] * len(frame), dtype="str", index=frame.index)
+        part["model_version"] = pd.Series([version] * len(frame), dtype="str", index=frame.index)
+        part["prediction"] = pd.Series(scores, dtype="float64", index=frame.index)
+        parts.append(part)
+    predictions = pd.concat(parts, ignore_index=True)
+    data = storage.frame_to_parquet_bytes(predictions)
+    file_name = storage.stage_data_file(out_dir, data)
+    manifest = {
+        "spec": spec.name,
+        "ds": ds.isoformat(),
+        "rows": len(predictions),
+        "content_sha256": storage.sha256_bytes(data),
+        "files": [{"name": file_name, "sha256": storage.sha256_bytes(data), "rows": len(predictions),
+                   "bytes": len(data)}],
+        "models": models,
+        "model_name": name,
+        "features_content_sha256": features_manifest["content_sha256"],
+    }
+    storage.publish(out_dir, manifest)
+    log.info("scored %s ds=%s: %d rows with %s", spec.name, ds, len(frame), models)
+    return _prediction_reference(out_dir, manifest)
+
+
+def _prediction_reference(directory: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": str(directory),
+        "ds": manifest["ds"],
+        "rows": manifest["rows"],
+        "models": manifest["models"],
+        "content_sha256": manifest["content_sha256"],
+        "features_content_sha256": manifest["features_content_sha256"],
+    }
+
+
+def champion_scores(spec: PipelineSpec, ds: dt.date) -> Any:
+    """The champion's predictions for the day, aligned with the feature partition's row order."""
+    frame = storage.read_partition(storage.partition_dir(layout.PREDICTIONS, spec.name, ds))
+    return frame.loc[frame["model_role"] == registry.CHAMPION, "prediction"].to_numpy()
+
+
+# ------------------------------------------------------------------------------- reports in storage
+class ChampionReference(NamedTuple):
+    """What the monitor compares against; unpacks as ``version, profile, metrics, model_uri``."""
+
+    version: str
+    profile: dict[str, Any]
+    metrics: dict[str, float]
+    model_uri: str
+
+
+def write_drift_report(spec: PipelineSpec, ds: dt.date, report: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``report.html`` then ``report.json`` (readers key on the JSON) atomically; return a reference.
+
+    The reference: ``spec``, ``ds``, ``path`` (report.json URI), ``html_path``, ``key`` (path relative to
+    the storage root), ``sha256`` of the JSON, ``drift_detected``, ``reasons``, ``drifted_share``,
+    ``drifted_features``, ``champion_version`` and ``rows``.
+    """
+    from evergreen.drift.html import render_report_html
+    from evergreen.evaluation import json_safe
+
+    name, day = spec.name, ds
+    if report.get("spec") not in (None, name) or report.get("ds") not in (None, day.isoformat()):
+        raise ValueError(f"report is for {report.get('spec')} ds={report.get('ds')}, not {name} ds={day}")
+    report = json_safe(dict(report))
+    html_path, json_path = storage.at(layout.drift_report_html(name, day)), storage.at(layout.drift_report(name, day))
+    storage.write_bytes_atomic(html_path, render_report_html(report).encode("utf-8"))
+    digest = storage.write_json_atomic(json_path, report)
+    return {
+        "spec": name,
+        "ds": day.isoformat(),
+        "path": str(json_path),
+        "html_path": str(html_path),
+        "key": layout.drift_report(name, day),
+        "sha256": digest,
+        "drift_detected": bool(report.get("drift_detected")),
+        "reasons": list(report.get("reasons") or []),
+        "drifted_share": report.get("drifted_share"),
+        "drifted_features": list(report.get("drifted_features") or []),
+        "champion_version": report.get("champion_version"),
+        "rows": report.get("rows"),
+    }
+
+
+def read_drift_report(spec: PipelineSpec, ds: dt.date) -> dict[str, Any] | None:
+    """The stored ``report.json`` for the day, or None when none was written."""
+    path = storage.at(layout.drift_report(spec.name, ds))
+    if not path.exists():
+        return None
+    return json.loads(path.read_bytes())
+
+
+def load_champion_reference(spec: PipelineSpec) -> ChampionReference:
+    """``(version, profile, champion_metrics, model_uri)`` of ``models:/<name>@champion``.
+
+    The profile is the champion run's ``reference_profile.json``; the metrics are its holdout metrics
+    (the evaluation module's metric names only); the model URI pins the version
+    (``models:/<name>/<version>``) so scoring cannot race a promotion. Raises NoChampionError when the
+    model has no champion or its run has no reference profile.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from evergreen.evaluation import METRIC_DIRECTIONS
+
+    name = spec.registered_model_name
+    client = MlflowClient()
+    version = registry.champion(spec, client)
+    if version is None:
+        raise NoChampionError(
+            f"registered model {name!r} has no @{registry.CHAMPION} version: train and promote a model for spec "
+            f"{spec.name!r} before monitoring drift"
+        )
+    if not version.run_id:
+        raise NoChampionError(f"{name} version {version.version} (@{registry.CHAMPION}) has no MLflow run")
+    run = client.get_run(version.run_id)
+    try:
+        profile = tracking.download_json(version.run_id, tracking.PROFILE_ARTIFACT)
+    except (MlflowException, OSError) as exc:
+        raise NoChampionError(
+            f"{name} version {version.version} (@{registry.CHAMPION}, run {version.run_id}) has no readable "
+            f"{tracking.PROFILE_ARTIFACT}: {exc}"
+        ) from exc
+    metrics = {k: float(v) for k, v in sorted(run.data.metrics.items()) if k in METRIC_DIRECTIONS}
+    return ChampionReference(str(version.version), profile, metrics, registry.version_uri(spec, version.version))
 
 
 # ------------------------------------------------------------------------------------------ monitor
@@ -29,16 +192,13 @@ def pending_partitions(spec: PipelineSpec, limit: int = MAX_PARTITIONS_PER_RUN) 
 
     Empty while there is no champion: there is nothing to compare with yet.
     """
-    from evergreen.drift import NoChampionError, read_drift_report
-    from evergreen.scoring import scoring_models
-
     try:
         scoring_models(spec)
     except NoChampionError as exc:
         log.info("no drift monitoring for %s yet: %s", spec.name, exc)
         return []
     pending = []
-    for ds, directory in storage.list_partitions("features", spec.name).items():
+    for ds, directory in storage.list_partitions(layout.FEATURES, spec.name).items():
         report = read_drift_report(spec, ds)
         manifest = storage.read_manifest(directory) or {}
         if report is None or report.get("features_content_sha256") != manifest.get("content_sha256"):
@@ -50,26 +210,25 @@ def pending_partitions(spec: PipelineSpec, limit: int = MAX_PARTITIONS_PER_RUN) 
 
 def monitor_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
     """Score the day (champion + shadow challenger), compare with the champion's reference, write the report."""
-    from evergreen.drift import drift_report, load_champion_reference, read_drift_report, write_drift_report
-    from evergreen.scoring import CHAMPION, champion_scores, score_partition
+    from evergreen.drift.statistics import drift_report
 
     reference = load_champion_reference(spec)
-    feature_dir = storage.partition_dir("features", spec.name, ds)
+    feature_dir = storage.partition_dir(layout.FEATURES, spec.name, ds)
     manifest = storage.read_manifest(feature_dir) or {}
     existing = read_drift_report(spec, ds)
     if existing and existing.get("features_content_sha256") == manifest.get("content_sha256"):
         log.info("drift report for %s ds=%s already exists (champion %s)", spec.name, ds,
                  existing.get("champion_version"))
-        return {**_summary(existing), "key": report_key(spec, ds), "written": False}
+        return {**_summary(existing), "key": layout.drift_report(spec.name, ds), "written": False}
 
     scored = score_partition(spec, ds)
-    frame = storage.read_partition_frame(feature_dir)
+    frame = storage.read_partition(feature_dir, expected_sha256=manifest.get("content_sha256"))
     labels = frame[spec.target.name] if spec.target.name in frame.columns else None
     report = drift_report(
         spec,
         reference.profile,
         frame,
-        champion_version=scored["models"][CHAMPION],
+        champion_version=scored["models"][registry.CHAMPION],
         scores=champion_scores(spec, ds),
         labels=labels,
         champion_metric=reference.metrics,
@@ -81,11 +240,6 @@ def monitor_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
     log.info("drift report %s ds=%s: drift_detected=%s %s", spec.name, ds, written["drift_detected"],
              "; ".join(written["reasons"]))
     return {**written, "written": True}
-
-
-def report_key(spec: PipelineSpec, ds: dt.date | str) -> str:
-    day = ds if isinstance(ds, str) else ds.isoformat()
-    return f"reports/drift/{spec.name}/ds={day}/report.json"
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +255,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ sensor
 def ledger_dir(spec: PipelineSpec) -> Any:
-    return storage.storage_root() / "models" / spec.name / LEDGER
+    return storage.at(layout.trigger_ledger(spec.name))
 
 
 def trigger_ledger(spec: PipelineSpec) -> list[dict[str, Any]]:
@@ -115,21 +269,20 @@ def trigger_ledger(spec: PipelineSpec) -> list[dict[str, Any]]:
 
 def all_reports(spec: PipelineSpec) -> list[dict[str, Any]]:
     """``{ds, key, sha256, drift_detected, reasons}`` of every drift report, by day."""
-    from evergreen.drift import REPORTS_ZONE
-
-    base = storage.storage_root().joinpath(*REPORTS_ZONE, spec.name)
+    base = storage.at(layout.zone(layout.DRIFT_REPORTS, spec.name))
     if not base.exists():
         return []
     reports = []
     for child in sorted(base.iterdir(), key=lambda p: p.name):
-        path = child / "report.json"
-        if not child.name.startswith("ds=") or not path.exists():
+        ds = layout.parse_partition_key(child.name)
+        path = child / layout.REPORT_JSON
+        if ds is None or not path.exists():
             continue
         data = path.read_bytes()
         report = json.loads(data)
         reports.append({
-            "ds": child.name[3:],
-            "key": report_key(spec, child.name[3:]),
+            "ds": ds.isoformat(),
+            "key": layout.drift_report(spec.name, ds),
             "sha256": storage.sha256_bytes(data),
             "drift_detected": bool(report.get("drift_detected")),
             "reasons": list(report.get("reasons") or []),
@@ -221,9 +374,9 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
             entry["decision"] = "superseded"
             entry["detail"] = f"the later report of {chosen['ds']} triggers the retrain"
 
-    directory = ledger_dir(spec)
     for entry in decisions:
-        storage.write_json_atomic(directory / f"{entry['ds']}-{entry['report_sha256'][:12]}.json", entry)
+        key = layout.trigger_entry(spec.name, dt.date.fromisoformat(entry["ds"]), entry["report_sha256"])
+        storage.write_json_atomic(storage.at(key), entry)
         log.info("drift trigger decision for %s ds=%s: %s %s", spec.name, entry["ds"], entry["decision"],
                  entry.get("detail") or entry.get("trigger_run_id") or "")
     return {"decisions": decisions, "trigger": trigger}

@@ -1,4 +1,5 @@
-"""Model registry decisions: register, promote (compare-and-set on the ``champion`` alias), roll back.
+"""The model registry: the one champion lookup, register, promote (compare-and-set on ``champion``),
+roll back, and the decision log.
 
 Aliases (never the deprecated stages): ``champion`` serves, ``previous_champion`` is the rollback target,
 ``challenger`` is the latest registered candidate.
@@ -13,31 +14,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from evergreen import storage
-from evergreen.errors import EvergreenError
+from evergreen import layout, settings, storage
+from evergreen.errors import RegistryError
 from evergreen.spec import PipelineSpec
+from evergreen.tracking import Tag, model_uri_of, truncate
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 CHALLENGER = "challenger"
-# Wait between moving the alias and verifying it (see _compare_and_set_champion); tests shorten it.
-CAS_SETTLE_SECONDS = float(os.environ.get("EVERGREEN_CAS_SETTLE_SECONDS", "2.0"))
 CHAMPION_CHANGING_KINDS = frozenset({"promoted", "rolled_back"})
-_MAX_TAG = 5000
-# Run tags that describe the run's own lifecycle, not its lineage: not copied onto the model version.
-_NOT_LINEAGE = {"evergreen.role", "evergreen.decision", "evergreen.rejection_reasons", "evergreen.decided_at"}
-
-
-class RegistryError(EvergreenError):
-    """A registry operation cannot be carried out as asked (e.g. nothing to roll back to)."""
 
 
 # ------------------------------------------------------------------------------------ decision log
@@ -53,7 +45,7 @@ def _utc(moment: dt.datetime | None) -> dt.datetime:
 
 
 def decisions_dir(spec: PipelineSpec) -> Any:
-    return storage.storage_root() / "models" / spec.name / "decisions"
+    return storage.at(layout.decisions(spec.name))
 
 
 def _decision_file_name(decided_at: dt.datetime, kind: str, ident: str) -> str:
@@ -114,14 +106,45 @@ def _client() -> Any:
     return MlflowClient()
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
-    """Version behind ``alias``, or None when the model or the alias does not exist."""
+def model_version(client: Any, name: str, alias: str) -> Any | None:
+    """The ModelVersion behind ``alias``, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def _alias_version(client: Any, name: str, alias: str) -> str | None:
+    """Version number behind ``alias``, or None."""
+    found = model_version(client, name, alias)
+    return None if found is None else str(found.version)
+
+
+def champion(spec: PipelineSpec, client: Any | None = None) -> Any | None:
+    """The ModelVersion serving as ``@champion`` for ``spec``, or None: the one champion lookup."""
+    return model_version(client or _client(), spec.registered_model_name, CHAMPION)
+
+
+def serving_versions(spec: PipelineSpec, client: Any | None = None) -> dict[str, str]:
+    """``{"champion": version[, "challenger": version]}`` (the challenger only when it is not the champion);
+    empty when there is no champion."""
+    client = client or _client()
+    name = spec.registered_model_name
+    current = _alias_version(client, name, CHAMPION)
+    if current is None:
+        return {}
+    versions = {CHAMPION: current}
+    candidate = _alias_version(client, name, CHALLENGER)
+    if candidate is not None and candidate != current:
+        versions[CHALLENGER] = candidate
+    return versions
+
+
+def version_uri(spec: PipelineSpec, version: str | int) -> str:
+    """``models:/<name>/<version>``: a pinned version (an alias URI could move under a running task)."""
+    return f"models:/{spec.registered_model_name}/{version}"
 
 
 def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int = 3) -> None:
@@ -183,7 +206,7 @@ def _find_or_register(client: Any, name: str, run_id: str, model_uri: str, tags:
 
 def _tag_version(client: Any, name: str, version: str, tags: Mapping[str, Any]) -> None:
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value)[:_MAX_TAG])
+        client.set_model_version_tag(name, version, key, truncate(value))
 
 
 def _compare_and_set_champion(client: Any, name: str, expected: str | None, version: str,
@@ -253,7 +276,8 @@ def promote_if_better(
     only, ``outcome`` says what would have happened). Returns the recorded decision.
     """
     decided = _utc(decided_at)
-    settle = CAS_SETTLE_SECONDS if settle_seconds is None else settle_seconds
+    # Wait between moving the alias and verifying it (see _compare_and_set_champion); tests shorten it.
+    settle = settings.current().cas_settle_seconds if settle_seconds is None else settle_seconds
     name = spec.registered_model_name
     expected = gate_report.get("champion_version")
     expected = str(expected) if expected is not None else None
@@ -289,25 +313,25 @@ def promote_if_better(
 
     if not passed:
         reasons = _rejection_reasons(gate_report)
-        client.set_tag(run_id, "evergreen.decision", "rejected")
-        client.set_tag(run_id, "evergreen.rejection_reasons", "; ".join(reasons)[:_MAX_TAG])
-        client.set_tag(run_id, "evergreen.decided_at", decided.isoformat())
+        client.set_tag(run_id, Tag.DECISION, "rejected")
+        client.set_tag(run_id, Tag.REJECTION_REASONS, truncate("; ".join(reasons)))
+        client.set_tag(run_id, Tag.DECIDED_AT, decided.isoformat())
         return record_decision(spec, {**record, "kind": "rejected", "reasons": reasons})
 
     run = client.get_run(run_id)
     run_tags = run.data.tags
-    model_uri = run_tags.get("evergreen.model_uri") or f"runs:/{run_id}/model"
+    model_uri = model_uri_of(run_id, run_tags)
     summary = record["gates"]
     version_tags = {
-        **{k: v[:_MAX_TAG] for k, v in run_tags.items() if k.startswith("evergreen.") and k not in _NOT_LINEAGE},
-        "evergreen.run_id": run_id,
-        "evergreen.gates_passed": "true",
-        "evergreen.primary_metric": str(summary["primary_metric"]),
-        "evergreen.primary_metric_value": str(summary["challenger"]),
-        "evergreen.champion_evaluated_against": str(expected),
+        **{k: truncate(v) for k, v in run_tags.items() if k.startswith(Tag.PREFIX) and k not in Tag.NOT_LINEAGE},
+        Tag.RUN_ID: run_id,
+        Tag.GATES_PASSED: "true",
+        Tag.PRIMARY_METRIC: str(summary["primary_metric"]),
+        Tag.PRIMARY_METRIC_VALUE: str(summary["challenger"]),
+        Tag.CHAMPION_EVALUATED_AGAINST: str(expected),
         # One tag per gate keeps the report readable in the MLflow UI's version page.
-        **{f"evergreen.gate.{g['name']}": f"{'pass' if g.get('passed') else 'fail'} value={g.get('value')} "
-                                           f"threshold={g.get('threshold')}"[:_MAX_TAG]
+        **{f"{Tag.GATE_PREFIX}{g['name']}": truncate(f"{'pass' if g.get('passed') else 'fail'} "
+                                                     f"value={g.get('value')} threshold={g.get('threshold')}")
            for g in gate_report.get("gates", [])},
     }
     version = _find_or_register(client, name, run_id, model_uri, version_tags)
@@ -325,11 +349,10 @@ def promote_if_better(
         kind = "promoted" if won else "registered"
         if won and _alias_version(client, name, CHALLENGER) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
-    decision_tags = {"evergreen.decision": kind, "evergreen.decided_at": decided.isoformat(),
-                     "evergreen.decided_by": actor}
+    decision_tags = {Tag.DECISION: kind, Tag.DECIDED_AT: decided.isoformat(), Tag.DECIDED_BY: actor}
     _tag_version(client, name, version, decision_tags)
-    client.set_tag(run_id, "evergreen.decision", kind)
-    client.set_tag(run_id, "evergreen.decided_at", decided.isoformat())
+    client.set_tag(run_id, Tag.DECISION, kind)
+    client.set_tag(run_id, Tag.DECIDED_AT, decided.isoformat())
     return record_decision(spec, {
         **record,
         "kind": kind,
@@ -364,10 +387,9 @@ def rollback(
     client.get_model_version(name, target)  # raises if the version does not exist
     _set_alias(client, name, PREVIOUS_CHAMPION, current)
     _set_alias(client, name, CHAMPION, target)
-    _tag_version(client, name, target, {"evergreen.decision": "rolled_back", "evergreen.decided_at": decided.isoformat(),
-                                        "evergreen.decided_by": actor, "evergreen.rollback_reason": reason})
-    _tag_version(client, name, current, {"evergreen.rolled_back_at": decided.isoformat(),
-                                         "evergreen.rollback_reason": reason})
+    _tag_version(client, name, target, {Tag.DECISION: "rolled_back", Tag.DECIDED_AT: decided.isoformat(),
+                                        Tag.DECIDED_BY: actor, Tag.ROLLBACK_REASON: reason})
+    _tag_version(client, name, current, {Tag.ROLLED_BACK_AT: decided.isoformat(), Tag.ROLLBACK_REASON: reason})
     version = client.get_model_version(name, target)
     return record_decision(spec, {
         "spec": spec.name,

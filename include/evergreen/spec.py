@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evergreen import settings
+
 SHIPPED_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
-SPECS_DIR_ENV = "EVERGREEN_SPECS_DIR"
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)]
 ColumnName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -312,11 +313,11 @@ def load_spec(path: str | os.PathLike[str]) -> PipelineSpec:
 def spec_files(extra_dir: str | None = None) -> list[Path]:
     """Shipped spec files plus those in ``EVERGREEN_SPECS_DIR`` (or ``extra_dir``)."""
     folders = [SHIPPED_SPECS_DIR]
-    extra = extra_dir if extra_dir is not None else os.environ.get(SPECS_DIR_ENV)
+    extra = extra_dir if extra_dir is not None else settings.current().specs_dir
     if extra:
         folder = Path(extra)
         if not folder.is_dir():
-            raise SpecError(f"{SPECS_DIR_ENV}={extra} is not a folder")
+            raise SpecError(f"{settings.SPECS_DIR}={extra} is not a folder")
         folders.append(folder)
     files: list[Path] = []
     for folder in folders:

@@ -1,12 +1,9 @@
 """The storage layer: one root URI, date partitions, atomic publication with manifests.
 
-``EVERGREEN_STORAGE_ROOT`` is a local folder (default ``~/.evergreen/storage``) or ``s3://bucket/prefix``,
-reached through Airflow's ``ObjectStoragePath`` and the connection named by ``EVERGREEN_STORAGE_CONN_ID``
-(default ``aws_default``). Layout::
-
-    raw/<spec>/ds=YYYY-MM-DD/...               landing zone of the demo source
-    features/<spec>/ds=YYYY-MM-DD/part-*.parquet + _manifest.json
-    quarantine/<spec>/ds=YYYY-MM-DD/...        offending rows and the validation result
+The root (``settings.storage_root``) is a local folder (default ``~/.evergreen/storage``) or
+``s3://bucket/prefix``, reached through Airflow's ``ObjectStoragePath`` and the connection
+``settings.storage_conn_id``; ``evergreen.layout`` names every key under it. Airflow is imported only
+when a path is built, so the model code a served model needs never imports it.
 
 A partition exists only once its ``_manifest.json`` does. Data files are named by their content hash and
 written before the manifest, so a reader following the manifest never sees half a partition, and a
@@ -17,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -24,48 +22,59 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import ObjectStoragePath
+from evergreen import layout, settings
+from evergreen.errors import IntegrityError, UnpublishedPartitionError
 
 if TYPE_CHECKING:
     import pandas as pd
+    from airflow.sdk import ObjectStoragePath
 
-ROOT_ENV = "EVERGREEN_STORAGE_ROOT"
-CONN_ENV = "EVERGREEN_STORAGE_CONN_ID"
-DEFAULT_ROOT = "~/.evergreen/storage"
-MANIFEST = "_manifest.json"
+MANIFEST = layout.MANIFEST
 LOCAL_PROTOCOLS = {"", "file", "local"}
 
 
+def _object_path(uri: str) -> ObjectStoragePath:
+    from airflow.sdk import ObjectStoragePath
+
+    if uri.startswith("file://"):
+        return ObjectStoragePath(uri)
+    return ObjectStoragePath(uri, conn_id=settings.current().storage_conn_id)
+
+
 def storage_root() -> ObjectStoragePath:
-    """The configured root as an ObjectStoragePath (read from the environment on every call)."""
-    raw = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    """The configured root as an ObjectStoragePath."""
+    raw = settings.current().storage_root
     if "://" not in raw:
-        return ObjectStoragePath(Path(raw).expanduser().resolve().as_uri())
-    if raw.startswith("file://"):
-        return ObjectStoragePath(raw)
-    return ObjectStoragePath(raw, conn_id=os.environ.get(CONN_ENV, "aws_default"))
+        return _object_path(Path(raw).expanduser().resolve().as_uri())
+    return _object_path(raw)
+
+
+def at(key: str) -> ObjectStoragePath:
+    """The path of a storage key (see ``evergreen.layout``) under the root."""
+    return storage_root() / key
 
 
 def resolve(location: str) -> ObjectStoragePath:
     """A full URI as is, anything else relative to the storage root."""
     if "://" in location:
-        if location.startswith("file://"):
-            return ObjectStoragePath(location)
-        return ObjectStoragePath(location, conn_id=os.environ.get(CONN_ENV, "aws_default"))
-    return storage_root() / location
+        return _object_path(location)
+    return at(location)
+
+
+def relative(path: ObjectStoragePath) -> str:
+    """``path`` as a key relative to the root when it lies under it, else the full URI."""
+    root = str(storage_root()).rstrip("/") + "/"
+    text = str(path)
+    return text[len(root):] if text.startswith(root) else text
 
 
 def is_local(path: ObjectStoragePath) -> bool:
     return path.protocol in LOCAL_PROTOCOLS
 
 
-def partition_key(ds: dt.date) -> str:
-    return f"ds={ds.isoformat()}"
-
-
 def partition_dir(zone: str, spec_name: str, ds: dt.date) -> ObjectStoragePath:
     """``<root>/<zone>/<spec>/ds=YYYY-MM-DD``."""
-    return storage_root() / zone / spec_name / partition_key(ds)
+    return at(layout.partition(zone, spec_name, ds))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -153,17 +162,13 @@ def remove_tree(directory: ObjectStoragePath) -> None:
 
 def list_partitions(zone: str, spec_name: str, published_only: bool = True) -> dict[dt.date, ObjectStoragePath]:
     """Partitions of a zone by date; by default only those with a manifest."""
-    base = storage_root() / zone / spec_name
+    base = at(layout.zone(zone, spec_name))
     if not base.exists():
         return {}
     found: dict[dt.date, ObjectStoragePath] = {}
     for child in base.iterdir():
-        name = child.name
-        if not name.startswith("ds="):
-            continue
-        try:
-            ds = dt.date.fromisoformat(name[3:])
-        except ValueError:
+        ds = layout.parse_partition_key(child.name)
+        if ds is None:
             continue
         if published_only and not (child / MANIFEST).exists():
             continue
@@ -171,30 +176,43 @@ def list_partitions(zone: str, spec_name: str, published_only: bool = True) -> d
     return dict(sorted(found.items()))
 
 
-def read_partition_frame(directory: ObjectStoragePath, columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read the data files a manifest lists, verifying each file's hash."""
-    import io
+def read_partition(directory: ObjectStoragePath, columns: Iterable[str] | None = None, *,
+                   expected_sha256: str | None = None) -> pd.DataFrame:
+    """The data files a partition's manifest lists, each file's hash verified.
 
+    ``columns``: only those (of the ones present in the files). ``expected_sha256``: the manifest's
+    ``content_sha256`` the caller selected the partition by; a republished partition is refused.
+    """
     import pandas as pd
+    import pyarrow.parquet as pq
 
     manifest = read_manifest(directory)
     if manifest is None:
-        raise FileNotFoundError(f"partition {directory} is not published (no {MANIFEST})")
+        raise UnpublishedPartitionError(f"partition {directory} is not published (no {MANIFEST})")
+    if expected_sha256 is not None and manifest["content_sha256"] != expected_sha256:
+        raise IntegrityError(
+            f"{directory} was republished after it was selected "
+            f"({expected_sha256[:12]} -> {str(manifest['content_sha256'])[:12]}); select it again"
+        )
+    wanted = list(columns) if columns is not None else None
     frames = []
     for entry in manifest["files"]:
-        data = (directory / entry["name"]).read_bytes()
+        try:
+            data = (directory / entry["name"]).read_bytes()
+        except FileNotFoundError as exc:  # republished (old files dropped) while we were reading
+            raise IntegrityError(f"{directory}: {exc}") from exc
         if sha256_bytes(data) != entry["sha256"]:
-            raise ValueError(f"{directory / entry['name']} does not match its manifest hash")
-        frames.append(pd.read_parquet(io.BytesIO(data), columns=list(columns) if columns else None))
-    if len(frames) == 1:
-        return frames[0]
-    return pd.concat(frames, ignore_index=True)
+            raise IntegrityError(f"{directory / entry['name']} does not match its manifest hash")
+        present = None
+        if wanted is not None:
+            names = set(pq.read_schema(io.BytesIO(data)).names)
+            present = [c for c in wanted if c in names]
+        frames.append(pd.read_parquet(io.BytesIO(data), columns=present))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def frame_to_parquet_bytes(frame: pd.DataFrame) -> bytes:
     """Deterministic Parquet bytes for a frame (no index, fixed compression, stable row groups)."""
-    import io
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parent.parent
 PIDFILE = "stack.json"
 SECRETS_FILE = "secrets.json"
 TERMINAL_STATES = frozenset({"success", "failed"})

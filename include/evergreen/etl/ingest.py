@@ -15,11 +15,11 @@ import io
 import logging
 from typing import TYPE_CHECKING, Any
 
-from evergreen import __version__, storage
+from evergreen import __version__, layout, storage
 from evergreen.errors import DataQualityError, MissingDataError
-from evergreen.features import add_time_features, sort_canonical
+from evergreen.etl.features import add_time_features, sort_canonical
+from evergreen.etl.validation import partition_bounds, validate_frame
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
-from evergreen.validation import partition_bounds, validate_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURES = "features"
-QUARANTINE = "quarantine"
 # Bump when the feature table layout changes: readers can tell old partitions apart.
 FEATURE_SCHEMA_VERSION = 1
 
@@ -50,12 +48,6 @@ def raw_locations(spec: PipelineSpec, ds: dt.date) -> list[ObjectStoragePath]:
 def raw_partition_ready(spec: PipelineSpec, ds: dt.date) -> bool:
     """Sensor condition: the day's raw files exist."""
     return bool(raw_locations(spec, ds))
-
-
-def _relative(path: ObjectStoragePath) -> str:
-    root = str(storage.storage_root()).rstrip("/") + "/"
-    text = str(path)
-    return text[len(root):] if text.startswith(root) else text
 
 
 def _read_one(spec: PipelineSpec, path: ObjectStoragePath, data: bytes) -> pd.DataFrame:
@@ -110,7 +102,7 @@ def read_raw_partition(spec: PipelineSpec, ds: dt.date) -> tuple[pd.DataFrame, l
     frames, sources = [], []
     for path in paths:
         data = path.read_bytes()
-        sources.append({"uri": _relative(path), "sha256": storage.sha256_bytes(data), "bytes": len(data)})
+        sources.append({"uri": storage.relative(path), "sha256": storage.sha256_bytes(data), "bytes": len(data)})
         frames.append(_read_one(spec, path, data))
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     frame = parse_timestamps(spec, frame)
@@ -126,7 +118,7 @@ def read_raw_partition(spec: PipelineSpec, ds: dt.date) -> tuple[pd.DataFrame, l
 def _quarantine(spec: PipelineSpec, ds: dt.date, report: dict[str, Any], rows: pd.DataFrame | None,
                 sources: list[dict[str, Any]], raw_files: list[ObjectStoragePath]) -> ObjectStoragePath:
     """Replace the day's quarantine folder with the offending rows (or raw files) and the result."""
-    directory = storage.partition_dir(QUARANTINE, spec.name, ds)
+    directory = storage.partition_dir(layout.QUARANTINE, spec.name, ds)
     storage.remove_tree(directory)
     if rows is not None:
         # Mixed-type junk columns are what got these rows here: store them as text so Parquet accepts them.
@@ -156,7 +148,7 @@ def _validated_raw_partition(spec: PipelineSpec, ds: dt.date) -> tuple[pd.DataFr
         raise
     except DataQualityError as exc:
         paths = raw_locations(spec, ds)
-        sources = [{"uri": _relative(p)} for p in paths]
+        sources = [{"uri": storage.relative(p)} for p in paths]
         report = {"spec": spec.name, "ds": ds.isoformat(), "success": False, "failures": [str(exc)]}
         where = _quarantine(spec, ds, report, None, sources, paths)
         raise DataQualityError(f"{exc}\nquarantined to {where}") from exc
@@ -222,7 +214,7 @@ def _stage_features(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame, valida
                     ) -> dict[str, Any]:
     features = build_features(spec, frame)
     data = storage.frame_to_parquet_bytes(features)
-    directory = storage.partition_dir(FEATURES, spec.name, ds)
+    directory = storage.partition_dir(layout.FEATURES, spec.name, ds)
     name = storage.stage_data_file(directory, data)
     schema = {column: str(dtype) for column, dtype in features.dtypes.items()}
     log.info("staged %d feature rows for %s ds=%s as %s", len(features), spec.name, ds, name)
@@ -237,7 +229,7 @@ def _stage_features(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame, valida
 
 def publish_feature_partition(spec: PipelineSpec, ds: dt.date, staged: dict[str, Any]) -> dict[str, Any]:
     """Commit the staged partition: the manifest goes last; returns the partition's reference."""
-    directory = storage.partition_dir(FEATURES, spec.name, ds)
+    directory = storage.partition_dir(layout.FEATURES, spec.name, ds)
     file_entry = staged["file"]
     manifest = {
         "spec": spec.name,

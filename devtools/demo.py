@@ -1,8 +1,8 @@
 """``make demo``: a local Airflow 3 + MLflow stack running Evergreen's fraud pipeline end to end.
 
-    python -m evergreen.demo            # start the stack, backfill 28 days of features, train, promote
-    python -m evergreen.demo status     # what is running, and where
-    python -m evergreen.demo stop       # stop the stack (``make stop``)
+    python -m devtools.demo            # start the stack, backfill 28 days of features, train, promote
+    python -m devtools.demo status     # what is running, and where
+    python -m devtools.demo stop       # stop the stack (``make stop``)
 
 Everything lives under ``<repo>/.evergreen/demo`` (gitignored): Airflow home and logs, the MLflow
 backend, and the storage root. Dates are fixed, so two runs produce the same data and the same model.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evergreen.localstack import (
+from devtools.localstack import (
     REPO,
     LocalStack,
     StackError,
@@ -70,7 +70,7 @@ def prepare_home(home: Path) -> None:
             raise DemoError(f"{home} exists and was not created by the demo; choose another --home")
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
-    (home / MARKER).write_text("created by `python -m evergreen.demo`; deleted by the next demo run\n")
+    (home / MARKER).write_text("created by `python -m devtools.demo`; deleted by the next demo run\n")
 
 
 def land_history(storage: Path) -> list[str]:
@@ -291,11 +291,11 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     for label, port, flag in (("Airflow UI", airflow_port, "--airflow-port"), ("MLflow UI", mlflow_port, "--mlflow-port")):
         if port_in_use(port):
             say(f"port {port} (for the {label}) is already in use on 127.0.0.1. If it is an earlier demo, run "
-                f"`python -m evergreen.demo stop` (make stop); otherwise free it or pass {flag}.")
+                f"`python -m devtools.demo stop` (make stop); otherwise free it or pass {flag}.")
             return 2
     status = status_from_pidfile(home)
     if status and any(p.get("alive") for p in status.get("processes", [])):
-        say(f"a demo stack is already running from {home}: `python -m evergreen.demo stop` first")
+        say(f"a demo stack is already running from {home}: `python -m devtools.demo stop` first")
         return 2
     prepare_home(home)
     storage = home / "storage"
@@ -331,7 +331,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
             f"(ds={min(partitions)}..ds={max(partitions)}, {rows:,} rows) under {storage / 'features' / SPEC}")
     if len(ok) != len(runs):
         report_failures(stack, ETL_DAG, runs)
-        say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        say("the stack is left running for inspection; `python -m devtools.demo stop` stops it")
         return 1
 
     started = time.monotonic()
@@ -339,7 +339,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
         _run, decision, gates = train(stack)
     except DemoError as exc:
         say(f"ERROR: {exc}")
-        say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        say("the stack is left running for inspection; `python -m devtools.demo stop` stops it")
         return 1
     step("training", started)
     print_decision(decision, gates)
@@ -349,7 +349,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
         story = drift_story(stack, storage)
     except DemoError as exc:
         say(f"ERROR: {exc}")
-        say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+        say("the stack is left running for inspection; `python -m devtools.demo stop` stops it")
         return 1
     step("drift loop", started)
     decision = story.get("decision") or decision
@@ -366,7 +366,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     say(f"  history      EVERGREEN_STORAGE_ROOT={storage} MLFLOW_TRACKING_URI={stack.mlflow_url} "
         f".venv/bin/evergreen history --spec {SPEC}")
     say(f"  logs         {stack.log_dir}  and task logs in {stack.airflow_home / 'logs'}")
-    say("  status: python -m evergreen.demo status    stop: python -m evergreen.demo stop  (make stop)")
+    say("  status: python -m devtools.demo status    stop: python -m devtools.demo stop  (make stop)")
     return 0
 
 
@@ -408,7 +408,7 @@ def stop(home: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evergreen.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run", "status", "stop"])
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("EVERGREEN_DEMO_HOME", DEFAULT_HOME)),
                         help=f"demo folder (default {DEFAULT_HOME}); `run` wipes it first")
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StackError, DemoError) as exc:
         say(f"ERROR: {exc}")
         if args.command == "run" and (home / "stack.json").exists():
-            say("the stack is left running for inspection; `python -m evergreen.demo stop` stops it")
+            say("the stack is left running for inspection; `python -m devtools.demo stop` stops it")
         return 1
     except KeyboardInterrupt:
         say("interrupted; stopping the stack")

@@ -1,0 +1,157 @@
+"""The reference profile a model is trained with: what the drift monitor compares live data against.
+
+The profile is plain JSON stored with each challenger run (``reference_profile.json``), so the monitor
+compares live data with exactly the data the serving model learned from, without re-reading partitions.
+Binning helpers are public so the monitor bins live data with the same rules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evergreen.spec import FeatureType, PipelineSpec
+
+PROFILE_VERSION = 1
+MISSING = "__missing__"
+OTHER = "__other__"
+MAX_CATEGORIES = 100  # keeps the profile small for high-cardinality columns
+
+
+def finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def numeric_values(values: pd.Series) -> np.ndarray:
+    """Float values with missing/unparseable as NaN, whatever the input dtype (bool, Float64, object)."""
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype("Float64")
+    numeric = pd.to_numeric(values, errors="coerce")
+    return np.asarray(numeric.to_numpy(dtype="float64", na_value=np.nan), dtype="float64")
+
+
+def quantile_edges(finite: np.ndarray, bins: int) -> list[float]:
+    """Unique quantile edges (min .. max) of the non-missing values; ties collapse to fewer bins."""
+    if finite.size == 0:
+        return []
+    edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)))
+    return [float(e) for e in edges]
+
+
+def bin_indices(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Bin of each value: bins are (e[i], e[i+1]], the outer bins open-ended so live data always lands."""
+    interior = np.asarray(edges[1:-1], dtype="float64")
+    return np.searchsorted(interior, values, side="left")
+
+
+def bin_fractions(values: np.ndarray, edges: list[float]) -> list[float]:
+    """Share of the non-missing ``values`` in each bin of ``edges`` (one bin when edges has < 2 items)."""
+    finite = values[np.isfinite(values)]
+    n_bins = max(len(edges) - 1, 1)
+    if finite.size == 0:
+        return [0.0] * n_bins
+    counts = np.bincount(bin_indices(finite, edges), minlength=n_bins)
+    return [float(c) / finite.size for c in counts]
+
+
+def category_labels(values: pd.Series) -> pd.Series:
+    """Categories as strings, missing as NaN; booleans become 'True'/'False'."""
+    labels = values.astype("object").map(str)
+    return labels.where(values.notna())
+
+
+def category_frequencies(values: pd.Series, max_categories: int = MAX_CATEGORIES) -> dict[str, float]:
+    """Share of each category among non-missing values; the tail beyond ``max_categories`` is ``__other__``."""
+    labels = category_labels(values).dropna()
+    if labels.empty:
+        return {}
+    counts = labels.value_counts()
+    # Sort by count desc then label, so ties are ordered deterministically.
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    total = float(len(labels))
+    freqs = {str(k): float(v) / total for k, v in ordered[:max_categories]}
+    rest = sum(v for _, v in ordered[max_categories:])
+    if rest:
+        freqs[OTHER] = float(rest) / total
+    return dict(sorted(freqs.items()))
+
+
+def _numeric_profile(values: np.ndarray, *, bins: int, sample_size: int, rng: np.random.Generator) -> dict[str, Any]:
+    n = values.size
+    finite = values[np.isfinite(values)]
+    edges = quantile_edges(finite, bins)
+    if finite.size > sample_size:
+        sample = np.sort(rng.choice(finite, size=sample_size, replace=False))
+    else:
+        sample = np.sort(finite)
+    return {
+        "type": FeatureType.NUMERIC.value,
+        "count": int(n),
+        "missing_rate": float(1.0 - finite.size / n) if n else 0.0,
+        "mean": finite_or_none(finite.mean()) if finite.size else None,
+        "std": finite_or_none(finite.std()) if finite.size else None,
+        "min": float(finite.min()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
+        "edges": edges,
+        "fractions": bin_fractions(finite, edges),
+        "sample": [float(v) for v in sample],
+    }
+
+
+def _categorical_profile(values: pd.Series, kind: FeatureType) -> dict[str, Any]:
+    n = len(values)
+    return {
+        "type": kind.value,
+        "count": int(n),
+        "missing_rate": float(values.isna().mean()) if n else 0.0,
+        "frequencies": category_frequencies(values),
+    }
+
+
+def build_reference_profile(
+    frame: pd.DataFrame,
+    spec: PipelineSpec,
+    *,
+    scores: np.ndarray | None = None,
+    sample_size: int = 2000,
+    bins: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """JSON-safe profile of every model feature of ``frame`` (and of prediction ``scores`` if given).
+
+    Numeric: quantile bin edges and fractions, missing rate, mean/std/min/max and a deterministic sample
+    (at most ``sample_size`` values, for KS tests). Categorical/boolean: category frequencies and missing
+    rate. Same inputs and seed give identical JSON.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    features: dict[str, Any] = {}
+    for i, (name, kind) in enumerate(spec.model_features.items()):
+        if name not in frame.columns:
+            raise KeyError(f"reference frame lacks model feature {name!r}")
+        # One RNG per feature (seeded by position) so adding a feature never changes another's sample.
+        rng = np.random.default_rng([seed, i])
+        if kind == FeatureType.NUMERIC:
+            features[name] = _numeric_profile(numeric_values(frame[name]), bins=bins, sample_size=sample_size,
+                                              rng=rng)
+        else:
+            features[name] = _categorical_profile(frame[name], kind)
+    profile: dict[str, Any] = {
+        "version": PROFILE_VERSION,
+        "spec": spec.name,
+        "rows": int(len(frame)),
+        "bins": bins,
+        "sample_size": sample_size,
+        "seed": seed,
+        "features": features,
+        "scores": None,
+    }
+    if scores is not None:
+        rng = np.random.default_rng([seed, len(features)])
+        profile["scores"] = _numeric_profile(np.asarray(scores, dtype="float64").reshape(-1), bins=bins,
+                                             sample_size=sample_size, rng=rng)
+    return profile

@@ -1,0 +1,338 @@
+"""Drift statistics and the day's verdict (pure: no I/O, no MLflow, no Airflow).
+
+Rules (thresholds from ``spec.drift``):
+
+* a feature drifts when its PSI >= ``psi_threshold``; or the KS test rejects (p < ``ks_pvalue``) *and* the
+  shift is material (PSI >= ``psi_threshold / 2``: large samples make KS reject negligible shifts); or
+  its missing rate moved by >= ``missing_rate_delta``;
+* the day drifts when the share of drifted features > ``max_drifted_share``, or a ``key_features`` member
+  drifted, or (with ``prediction_drift_in_verdict``) the prediction PSI > ``prediction_psi_threshold``, or
+  (labels known) the primary metric is
+  worse than the champion's holdout value by more than ``max_performance_drop`` (relative, as the gates).
+
+Calendar features (day of week, weekend flag) are reported but not judged: a one-day partition always
+differs from a multi-day reference there, which would raise a false alarm every day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evergreen.drift.profile import OTHER, bin_fractions, category_labels, finite_or_none, numeric_values
+from evergreen.etl.features import add_time_features
+from evergreen.evaluation import compute_metrics, higher_is_better, json_safe, relative_improvement
+from evergreen.spec import FeatureType, PipelineSpec
+
+REPORT_VERSION = 1
+UNSEEN = "__unseen__"
+# Derived from the event date: constant within a daily partition, so never comparable with the reference.
+CALENDAR_FEATURES = frozenset({"event_day_of_week", "is_weekend"})
+MAX_LISTED_UNSEEN = 20
+
+
+def psi(expected_fractions: Any, actual_fractions: Any, eps: float = 1e-4) -> float:
+    """Population stability index ``sum((a - e) * ln(a / e))`` over shared buckets.
+
+    Shares below ``eps`` (empty buckets) count as ``eps`` so an empty bucket adds a large but finite term.
+    0 means identical; rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
+    """
+    expected = np.asarray(expected_fractions, dtype="float64").reshape(-1)
+    actual = np.asarray(actual_fractions, dtype="float64").reshape(-1)
+    if expected.shape != actual.shape:
+        raise ValueError(f"psi needs equally many buckets, got {expected.size} and {actual.size}")
+    if expected.size == 0:
+        raise ValueError("psi needs at least one bucket")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if not (np.isfinite(expected).all() and np.isfinite(actual).all()) or (expected < 0).any() or (actual < 0).any():
+        raise ValueError("psi fractions must be finite and non-negative")
+    e = np.maximum(expected, eps)
+    a = np.maximum(actual, eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _as_series(values: Any) -> pd.Series:
+    if isinstance(values, pd.Series):
+        return values.reset_index(drop=True)
+    return pd.Series(np.asarray(values).reshape(-1))
+
+
+def _fmt_edge(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def bin_labels(edges: list[float]) -> list[str]:
+    """Human-readable names of the bins :func:`bin_fractions` produces for ``edges``."""
+    if len(edges) < 2:
+        return [f"= {_fmt_edge(edges[0])}" if edges else "all values"]
+    inner = edges[1:-1]
+    if not inner:
+        return [f"{_fmt_edge(edges[0])} .. {_fmt_edge(edges[-1])}"]
+    labels = [f"<= {_fmt_edge(inner[0])}"]
+    labels += [f"({_fmt_edge(lo)}, {_fmt_edge(hi)}]" for lo, hi in zip(inner[:-1], inner[1:], strict=True)]
+    labels.append(f"> {_fmt_edge(inner[-1])}")
+    return labels
+
+
+def numeric_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str, Any]:
+    """Compare current numeric ``values`` with a numeric profile entry (no verdict; see drift_report).
+
+    PSI over the reference quantile bins (non-missing values), KS two-sample test against the reference
+    sample, missing-rate change and mean/std (with the mean shift in reference standard deviations).
+    """
+    from scipy import stats
+
+    current = numeric_values(_as_series(values))
+    n = int(current.size)
+    finite = current[np.isfinite(current)]
+    edges = [float(e) for e in profile_entry.get("edges") or []]
+    reference = [float(f) for f in profile_entry.get("fractions") or []]
+    sample = np.asarray(profile_entry.get("sample") or [], dtype="float64")
+    ref_missing = float(profile_entry.get("missing_rate") or 0.0)
+    ref_mean, ref_std = profile_entry.get("mean"), profile_entry.get("std")
+
+    fractions = bin_fractions(finite, edges)
+    if len(reference) != len(fractions):
+        raise ValueError(f"profile has {len(reference)} bin fractions for {len(edges)} edges")
+    value_psi = psi(reference, fractions) if finite.size and sum(reference) > 0 else None
+    ks_statistic = ks_pvalue = None
+    if finite.size and sample.size:
+        ks = stats.ks_2samp(sample, finite)
+        ks_statistic, ks_pvalue = float(ks.statistic), float(ks.pvalue)
+    missing = float(1.0 - finite.size / n) if n else None
+    mean = finite_or_none(finite.mean()) if finite.size else None
+    std = finite_or_none(finite.std()) if finite.size else None
+    shift = None
+    if mean is not None and ref_mean is not None and ref_std:
+        shift = (mean - float(ref_mean)) / float(ref_std)
+    return {
+        "type": FeatureType.NUMERIC.value,
+        "rows": n,
+        "non_missing": int(finite.size),
+        "psi": value_psi,
+        "ks_statistic": ks_statistic,
+        "ks_pvalue": ks_pvalue,
+        "missing_rate": missing,
+        "reference_missing_rate": ref_missing,
+        "missing_delta": None if missing is None else missing - ref_missing,
+        "mean": mean,
+        "std": std,
+        "reference_mean": ref_mean,
+        "reference_std": ref_std,
+        "mean_shift_std": shift,
+        "bins": {"labels": bin_labels(edges), "reference": reference, "current": fractions},
+    }
+
+
+def categorical_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str, Any]:
+    """Compare current categorical/boolean ``values`` with a profile entry (no verdict; see drift_report).
+
+    PSI over category shares of non-missing values. Categories absent from the reference are unseen: they
+    form their own ``__unseen__`` bucket (reference share 0, so they weigh heavily), or fall into the
+    reference's ``__other__`` tail bucket when it has one. Their share and the most frequent are reported.
+    """
+    series = _as_series(values)
+    n = len(series)
+    present = category_labels(series).dropna()
+    total = len(present)
+    frequencies = {str(k): float(v) for k, v in (profile_entry.get("frequencies") or {}).items()}
+    known = [k for k in frequencies if k != OTHER]
+    counts = present.value_counts()
+    counts.index = counts.index.astype("object")
+    unseen = counts[~counts.index.isin(known)]
+    unseen_count = int(unseen.sum())
+
+    labels = list(known)
+    reference = [frequencies[k] for k in known]
+    current = counts.reindex(pd.Index(known, dtype="object"), fill_value=0).to_numpy(dtype="float64")
+    current = list(current / total) if total else [0.0] * len(known)
+    if OTHER in frequencies:
+        labels.append(OTHER)
+        reference.append(frequencies[OTHER])
+        current.append(unseen_count / total if total else 0.0)
+    elif unseen_count:
+        labels.append(UNSEEN)
+        reference.append(0.0)
+        current.append(unseen_count / total)
+
+    top = unseen.sort_index(kind="stable").sort_values(ascending=False, kind="stable").head(MAX_LISTED_UNSEEN)
+    missing = float(series.isna().mean()) if n else None
+    ref_missing = float(profile_entry.get("missing_rate") or 0.0)
+    return {
+        "type": str(profile_entry.get("type") or FeatureType.CATEGORICAL.value),
+        "rows": int(n),
+        "non_missing": int(total),
+        "psi": psi(reference, current) if total and labels else None,
+        "missing_rate": missing,
+        "reference_missing_rate": ref_missing,
+        "missing_delta": None if missing is None else missing - ref_missing,
+        "unseen_count": unseen_count,
+        "unseen_share": unseen_count / total if total else 0.0,
+        "unseen_categories": {str(k): int(v) / total for k, v in top.items()},
+        "bins": {"labels": labels, "reference": [float(v) for v in reference], "current": [float(v) for v in current]},
+    }
+
+
+def _failed_checks(result: Mapping[str, Any], cfg: Any) -> list[str]:
+    """Which drift rules a feature result trips (empty: not drifted)."""
+    checks: list[str] = []
+    value_psi, ks_pvalue, delta = result.get("psi"), result.get("ks_pvalue"), result.get("missing_delta")
+    if value_psi is not None and value_psi >= cfg.psi_threshold:
+        checks.append("psi")
+    if (ks_pvalue is not None and ks_pvalue < cfg.ks_pvalue
+            and value_psi is not None and value_psi >= cfg.psi_threshold / 2):
+        checks.append("ks")
+    if delta is not None and abs(delta) >= cfg.missing_rate_delta:
+        checks.append("missing_rate")
+    return checks
+
+
+def _performance(spec: PipelineSpec, labels: Any, scores: np.ndarray | None, champion_metric: Any,
+                 rows: int) -> dict[str, Any]:
+    """The day's metrics on labelled rows vs the champion's holdout primary metric (relative drop)."""
+    cfg = spec.drift
+    metric = spec.primary_metric
+    out: dict[str, Any] = {"metric": metric, "higher_is_better": higher_is_better(metric),
+                           "threshold": cfg.max_performance_drop, "dropped": False, "labeled_rows": 0,
+                           "current": None, "champion": None, "relative_drop": None, "metrics": {}}
+    y = numeric_values(_as_series(labels))
+    if y.size != rows:
+        raise ValueError(f"labels have {y.size} values for {rows} rows")
+    if scores is None:
+        return {**out, "status": "no scores: performance needs the champion's predictions"}
+    mask = np.isfinite(y) & np.isfinite(scores)
+    out["labeled_rows"] = int(mask.sum())
+    if not mask.any():
+        return {**out, "status": "no labelled rows"}
+    metrics = compute_metrics(spec.task_type, y[mask], scores[mask])
+    current = metrics.get(metric)
+    champion = champion_metric.get(metric) if isinstance(champion_metric, Mapping) else champion_metric
+    champion = None if champion is None else finite_or_none(champion)
+    out.update(metrics=metrics, current=current, champion=champion)
+    if current is None or not math.isfinite(current):
+        return {**out, "status": f"{metric} is undefined on this day's labels"}
+    if champion is None:
+        return {**out, "status": "no champion metric to compare with"}
+    drop = -relative_improvement(metric, current, champion)
+    return {**out, "status": "ok", "relative_drop": drop, "dropped": bool(drop > cfg.max_performance_drop)}
+
+
+def drift_report(
+    spec: PipelineSpec,
+    profile: Mapping[str, Any],
+    frame: pd.DataFrame,
+    *,
+    champion_version: str | int | None,
+    scores: Any = None,
+    labels: Any = None,
+    champion_metric: float | Mapping[str, float] | None = None,
+    ds: dt.date,
+) -> dict[str, Any]:
+    """Compare one day's feature rows (and the champion's scores/labels if given) with the reference profile.
+
+    ``champion_metric`` is the champion's holdout primary metric (a number, or its metrics mapping).
+    Returns a JSON-safe, deterministic dict: ``drift_detected``, ``reasons``, ``drifted_share``,
+    ``drifted_features``, per-feature ``features`` (stats, ``drifted``, ``checks``), ``prediction``,
+    ``performance``, ``spec``, ``ds``, ``rows``, ``champion_version`` and the ``thresholds`` used.
+    """
+    cfg = spec.drift
+    if profile.get("spec") not in (None, spec.name):
+        raise ValueError(f"reference profile is for spec {profile.get('spec')!r}, not {spec.name!r}")
+    rows = int(len(frame))
+    report: dict[str, Any] = {
+        "version": REPORT_VERSION,
+        "spec": spec.name,
+        "ds": ds.isoformat(),
+        "champion_version": None if champion_version is None else str(champion_version),
+        "rows": rows,
+        "drift_detected": False,
+        "reasons": [],
+        "drifted_share": 0.0,
+        "drifted_features": [],
+        "monitored_features": 0,
+        "key_features": list(cfg.key_features),
+        "thresholds": cfg.model_dump(mode="json"),
+        "reference": {"rows": profile.get("rows"), "profile_version": profile.get("version"),
+                      "scores_source": profile.get("scores_source")},
+        "features": {},
+        "prediction": None,
+        "performance": None,
+    }
+    if rows == 0:
+        report["reasons"] = ["no rows"]
+        return json_safe(report)
+
+    frame = add_time_features(frame, spec, overwrite=False)
+    reference = profile.get("features") or {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, kind in spec.model_features.items():
+        if name not in reference:
+            raise KeyError(f"reference profile lacks feature {name!r}: was the champion trained on another spec?")
+        if name not in frame.columns:
+            raise KeyError(f"frame lacks model feature {name!r}")
+        entry = reference[name]
+        numeric = kind == FeatureType.NUMERIC
+        if (entry.get("type") == FeatureType.NUMERIC.value) != numeric:
+            raise ValueError(f"feature {name!r} is {kind.value} in the spec but {entry.get('type')} in the profile")
+        result = numeric_drift(entry, frame[name]) if numeric else categorical_drift(entry, frame[name])
+        monitored = not (spec.etl.time_features and name in CALENDAR_FEATURES)
+        checks = _failed_checks(result, cfg) if monitored else []
+        result.update(monitored=monitored, key=name in cfg.key_features, drifted=bool(checks), checks=checks)
+        if not monitored:
+            result["note"] = "calendar feature: one day cannot match a multi-day reference, so it is not judged"
+        results[name] = result
+
+    monitored_names = [n for n, r in results.items() if r["monitored"]]
+    drifted = [n for n in monitored_names if results[n]["drifted"]]
+    share = len(drifted) / len(monitored_names) if monitored_names else 0.0
+    reasons: list[str] = []
+    if share > cfg.max_drifted_share:
+        reasons.append(f"{len(drifted)} of {len(monitored_names)} features drifted ({share:.0%} > "
+                       f"max_drifted_share {cfg.max_drifted_share:.0%}): {', '.join(drifted)}")
+    for name in cfg.key_features:
+        result = results[name]
+        if result["drifted"]:
+            value_psi = "n/a" if result["psi"] is None else f"{result['psi']:.3f}"
+            reasons.append(f"key feature {name} drifted ({', '.join(result['checks'])}; PSI {value_psi})")
+
+    score_values = None
+    if scores is not None:
+        score_values = np.asarray(scores, dtype="float64").reshape(-1)
+        if score_values.size != rows:
+            raise ValueError(f"scores have {score_values.size} values for {rows} rows")
+        threshold = cfg.prediction_psi_threshold
+        if profile.get("scores"):
+            prediction = numeric_drift(profile["scores"], score_values)
+            flagged = prediction["psi"] is not None and prediction["psi"] > threshold
+            prediction.update(status="ok", threshold=threshold, drifted=bool(flagged))
+            if flagged and cfg.prediction_drift_in_verdict:
+                reasons.append(f"prediction PSI {prediction['psi']:.3f} > prediction_psi_threshold {threshold}")
+        else:
+            prediction = {"status": "the reference profile has no scores", "threshold": threshold, "drifted": False}
+        report["prediction"] = prediction
+
+    if labels is not None:
+        performance = _performance(spec, labels, score_values, champion_metric, rows)
+        if performance["dropped"]:
+            reasons.append(
+                f"{performance['metric']} {performance['current']:.4f} is {performance['relative_drop']:.1%} worse "
+                f"than the champion's holdout {performance['champion']:.4f} "
+                f"(max_performance_drop {cfg.max_performance_drop:.1%})"
+            )
+        report["performance"] = performance
+
+    report.update(
+        features=results,
+        drifted_features=drifted,
+        monitored_features=len(monitored_names),
+        drifted_share=share,
+        reasons=reasons,
+        drift_detected=bool(reasons),
+    )
+    return json_safe(report)

@@ -1,0 +1,78 @@
+"""Every storage key Evergreen writes or reads, relative to the storage root (``storage.at`` resolves one).
+
+::
+
+    features/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json    validated feature partitions
+    quarantine/<spec>/ds=YYYY-MM-DD/rows.parquet | raw/ + validation.json rejected raw data and its report
+    predictions/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json batch scores (champion, shadow)
+    reports/drift/<spec>/ds=YYYY-MM-DD/report.json + report.html          one drift report per partition
+    models/<spec>/decisions/<UTC time>-<kind>-<id>.json                   promotion / rollback decisions
+    models/<spec>/decisions/<run id>/gates.json                           the gate report of a candidate
+    models/<spec>/drift_triggers/<ds>-<report sha[:12]>.json              the retrain trigger ledger
+
+Pure string building: no I/O, no Airflow. ``ds`` is always a ``datetime.date``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+FEATURES = "features"
+QUARANTINE = "quarantine"
+PREDICTIONS = "predictions"
+DRIFT_REPORTS = "reports/drift"
+MODELS = "models"
+MANIFEST = "_manifest.json"
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+
+def partition_key(ds: dt.date) -> str:
+    """``ds=YYYY-MM-DD``: the folder name of a day."""
+    return f"ds={ds.isoformat()}"
+
+
+def parse_partition_key(name: str) -> dt.date | None:
+    """The day of a ``ds=YYYY-MM-DD`` folder name; None for anything else."""
+    if not name.startswith("ds="):
+        return None
+    try:
+        return dt.date.fromisoformat(name[3:])
+    except ValueError:
+        return None
+
+
+def zone(zone_name: str, spec_name: str) -> str:
+    """``<zone>/<spec>``: the folder holding a spec's partitions of a zone."""
+    return f"{zone_name}/{spec_name}"
+
+
+def partition(zone_name: str, spec_name: str, ds: dt.date) -> str:
+    """``<zone>/<spec>/ds=YYYY-MM-DD``."""
+    return f"{zone(zone_name, spec_name)}/{partition_key(ds)}"
+
+
+def drift_report(spec_name: str, ds: dt.date) -> str:
+    """The day's drift report (JSON; the HTML page sits beside it)."""
+    return f"{partition(DRIFT_REPORTS, spec_name, ds)}/{REPORT_JSON}"
+
+
+def drift_report_html(spec_name: str, ds: dt.date) -> str:
+    return f"{partition(DRIFT_REPORTS, spec_name, ds)}/{REPORT_HTML}"
+
+
+def decisions(spec_name: str) -> str:
+    return f"{MODELS}/{spec_name}/decisions"
+
+
+def gate_report(spec_name: str, run_id: str) -> str:
+    return f"{decisions(spec_name)}/{run_id}/gates.json"
+
+
+def trigger_ledger(spec_name: str) -> str:
+    return f"{MODELS}/{spec_name}/drift_triggers"
+
+
+def trigger_entry(spec_name: str, ds: dt.date, report_sha256: str) -> str:
+    """One ledger entry per (day, report content): the same report is decided once."""
+    return f"{trigger_ledger(spec_name)}/{ds.isoformat()}-{report_sha256[:12]}.json"

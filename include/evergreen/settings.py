@@ -1,0 +1,56 @@
+"""Every environment variable Evergreen reads, in one place, typed.
+
+``current()`` reads the variables on each call and parses them once per distinct environment, so a
+deployment sets them once while tests and the demo may change them between calls (the storage root
+differs per test). Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+STORAGE_ROOT = "EVERGREEN_STORAGE_ROOT"
+STORAGE_CONN_ID = "EVERGREEN_STORAGE_CONN_ID"
+SPECS_DIR = "EVERGREEN_SPECS_DIR"
+CODE_VERSION = "EVERGREEN_CODE_VERSION"
+MLFLOW_ARTIFACT_ROOT = "EVERGREEN_MLFLOW_ARTIFACT_ROOT"
+TRAINING_SPILL_DIR = "EVERGREEN_TRAINING_SPILL_DIR"
+CAS_SETTLE_SECONDS = "EVERGREEN_CAS_SETTLE_SECONDS"
+
+NAMES = (STORAGE_ROOT, STORAGE_CONN_ID, SPECS_DIR, CODE_VERSION, MLFLOW_ARTIFACT_ROOT, TRAINING_SPILL_DIR,
+         CAS_SETTLE_SECONDS)
+DEFAULT_STORAGE_ROOT = "~/.evergreen/storage"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Evergreen's configuration (MLflow's own ``MLFLOW_*`` variables are read by MLflow itself)."""
+
+    storage_root: str = DEFAULT_STORAGE_ROOT  # a local folder or s3://bucket/prefix
+    storage_conn_id: str = "aws_default"  # the Airflow connection ObjectStoragePath uses for s3://
+    specs_dir: str | None = None  # extra folder of user specs, beside include/specs
+    code_version: str = ""  # appended to the package version in lineage tags (e.g. the git sha)
+    mlflow_artifact_root: str = ""  # where new experiments put artifacts without a tracking server
+    training_spill_dir: str | None = None  # per-day training matrices (default: the temp dir)
+    cas_settle_seconds: float = 2.0  # wait between moving the champion alias and verifying it
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(values: tuple[str | None, ...]) -> Settings:
+    raw = dict(zip(NAMES, values, strict=True))
+    return Settings(
+        storage_root=raw[STORAGE_ROOT] or DEFAULT_STORAGE_ROOT,
+        storage_conn_id=raw[STORAGE_CONN_ID] if raw[STORAGE_CONN_ID] is not None else "aws_default",
+        specs_dir=raw[SPECS_DIR] or None,
+        code_version=(raw[CODE_VERSION] or "").strip(),
+        mlflow_artifact_root=(raw[MLFLOW_ARTIFACT_ROOT] or "").rstrip("/"),
+        training_spill_dir=raw[TRAINING_SPILL_DIR] or None,
+        cas_settle_seconds=float(raw[CAS_SETTLE_SECONDS] or "2.0"),
+    )
+
+
+def current() -> Settings:
+    """The settings of the current environment."""
+    return _parse(tuple(os.environ.get(name) for name in NAMES))

@@ -1,0 +1,146 @@
+"""The served model: the feature matrix it builds from raw partition columns, and its pyfunc wrapper.
+
+This module is pickled *by value* into every logged model (see :func:`pickle_by_value`), so it imports
+only numpy, pandas, xgboost and mlflow: the model then loads where neither Airflow nor evergreen is
+installed (tests/unit/test_model_serving.py proves it). Keep evergreen imports out of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Model columns in order, their kind and the category list fixed from the training data."""
+
+    columns: tuple[str, ...]
+    kinds: dict[str, str]
+    categories: dict[str, list[str]]
+    missing: str = "native"  # ModelSpec.missing_values; models saved before it existed used NaN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "kinds": dict(self.kinds), "categories": dict(self.categories),
+                "missing": self.missing}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
+        return cls(tuple(data["columns"]), dict(data["kinds"]), {k: list(v) for k, v in data["categories"].items()},
+                   data.get("missing", "native"))
+
+    def xgboost_categories(self, name: str) -> list[str]:
+        """The categories XGBoost is given for ``name``: the training ones, plus the missing one if encoded."""
+        extra = [MISSING_CATEGORY] if self.missing == "sentinel" else []
+        return [*self.categories[name], *extra]
+
+
+MISSING_VALUE = -1e30  # float32-representable and below any real feature value
+MISSING_CATEGORY = "__missing__"
+
+
+def xgboost_input(matrix: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """The model matrix as XGBoost sees it: with ``schema.missing == "sentinel"`` missing numerics become
+    ``MISSING_VALUE`` and missing or unseen categories ``MISSING_CATEGORY``, so the matrix is dense."""
+    if schema.missing != "sentinel":
+        return matrix
+    out: dict[str, Any] = {}
+    for name in schema.columns:
+        values = matrix[name]
+        if schema.kinds[name] == "categorical":
+            codes = values.cat.codes.to_numpy().copy()
+            codes[codes < 0] = len(schema.categories[name])
+            dtype = pd.CategoricalDtype(pd.Index(schema.xgboost_categories(name), dtype=object))
+            out[name] = pd.Categorical.from_codes(codes, dtype=dtype)
+        else:
+            array = values.to_numpy(dtype="float64", copy=True)
+            array[np.isnan(array)] = MISSING_VALUE
+            out[name] = array
+    return pd.DataFrame(out, index=matrix.index)
+
+
+def _as_float(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype("Float64")
+    elif not pd.api.types.is_numeric_dtype(values):
+        # Booleans that arrive as text (CSV, JSON requests): map the usual spellings, anything else is NaN.
+        text = values.astype("object").map(lambda v: str(v).strip().lower() if v is not None else v)
+        mapped = text.map({"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0})
+        return mapped.to_numpy(dtype="float64", na_value=np.nan)
+    numeric = pd.to_numeric(values, errors="coerce")
+    return np.asarray(numeric.to_numpy(dtype="float64", na_value=np.nan), dtype="float64")
+
+
+def _as_category(values: pd.Series, categories: list[str]) -> pd.Categorical:
+    if isinstance(values.dtype, pd.StringDtype):
+        # Text already (what the feature ETL writes): a hash lookup, no per-value str() round trip.
+        # Values outside the training categories and missing values both become NaN codes.
+        return pd.Categorical(values, categories=pd.Index(categories, dtype=object))
+    text = values.astype("object").map(str).where(values.notna(), None)
+    # Values outside the training categories become NaN: the model treats them like missing.
+    text = text.where(text.isin(categories), None)
+    return pd.Categorical(text.to_numpy(dtype=object), categories=pd.Index(categories, dtype=object))
+
+
+def fit_feature_schema(frame: pd.DataFrame, features: Mapping[str, str], missing: str = "native") -> FeatureSchema:
+    """Fix column order and the sorted category list of each categorical from (training) data."""
+    categories: dict[str, list[str]] = {}
+    for name, kind in features.items():
+        if kind == "categorical":
+            values = frame[name]
+            categories[name] = sorted({str(v) for v in values[values.notna()].astype("object")})
+    return FeatureSchema(tuple(features), {k: str(v) for k, v in features.items()}, categories, missing)
+
+
+def prepare_features(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Model matrix: numerics and booleans as float64, categoricals as pandas Categorical (fixed categories)."""
+    missing = [c for c in schema.columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"input lacks model features {missing}")
+    out: dict[str, Any] = {}
+    for name in schema.columns:
+        if schema.kinds[name] == "categorical":
+            out[name] = _as_category(frame[name], schema.categories[name])
+        else:
+            out[name] = _as_float(frame[name])
+    return pd.DataFrame(out, index=frame.index)
+
+
+class EvergreenXGBModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper: raw feature-partition columns in, P(y=1) or regression values out."""
+
+    def load_context(self, context: Any) -> None:
+        import xgboost as xgb
+
+        self._booster = xgb.Booster()
+        self._booster.load_model(context.artifacts["booster"])
+        with open(context.artifacts["feature_schema"], encoding="utf-8") as fh:
+            self._schema = FeatureSchema.from_dict(json.load(fh))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        import xgboost as xgb
+
+        matrix = xgboost_input(prepare_features(pd.DataFrame(model_input), self._schema), self._schema)
+        return self._booster.predict(xgb.DMatrix(matrix, enable_categorical=True)).astype("float64")
+
+
+@contextlib.contextmanager
+def pickle_by_value() -> Generator[None, None, None]:
+    """Let cloudpickle embed this module's model code in the model artifact instead of a reference."""
+    import sys
+
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)

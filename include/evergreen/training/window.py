@@ -1,0 +1,197 @@
+"""The training window: which published partitions a run uses, their split by day, and reading a day.
+
+Everything the run depends on is pinned: the window is a list of published partitions with their
+manifest hashes (``data_digest``), the split is by day and row caps are hash-based, so the same
+partitions give the same rows in the same order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evergreen import layout, storage
+from evergreen.errors import DataQualityError
+from evergreen.etl.features import add_time_features, sort_canonical
+from evergreen.spec import PipelineSpec, TaskType
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The published partitions a training run uses and their time-ordered split (JSON via to_dict)."""
+
+    spec: str
+    as_of: dt.date
+    start: dt.date
+    partitions: list[dt.date]
+    missing_days: list[dt.date]
+    data_digest: str
+    rows: int
+    train_days: list[dt.date]
+    validation_days: list[dt.date]
+    holdout_days: list[dt.date]
+    # ds -> manifest content_sha256: loading re-checks these so the digest describes what was read.
+    content_hashes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("as_of", "start"):
+            out[key] = out[key].isoformat()
+        for key in ("partitions", "missing_days", "train_days", "validation_days", "holdout_days"):
+            out[key] = [d.isoformat() for d in out[key]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingWindow:
+        def days(key: str) -> list[dt.date]:
+            return [dt.date.fromisoformat(d) for d in data[key]]
+
+        return cls(
+            spec=data["spec"],
+            as_of=dt.date.fromisoformat(data["as_of"]),
+            start=dt.date.fromisoformat(data["start"]),
+            partitions=days("partitions"),
+            missing_days=days("missing_days"),
+            data_digest=data["data_digest"],
+            rows=int(data["rows"]),
+            train_days=days("train_days"),
+            validation_days=days("validation_days"),
+            holdout_days=days("holdout_days"),
+            content_hashes=dict(data.get("content_hashes", {})),
+        )
+
+    @property
+    def partitions_summary(self) -> str:
+        """Compact form for tags: ``first..last (n days)``."""
+        if not self.partitions:
+            return "(none)"
+        return f"{self.partitions[0]}..{self.partitions[-1]} ({len(self.partitions)} days)"
+
+
+def data_digest(pairs: Mapping[str, str]) -> str:
+    """sha256 over the sorted ``(ds, content_sha256)`` pairs."""
+    return storage.sha256_bytes(storage.canonical_json(sorted([ds, sha] for ds, sha in pairs.items())))
+
+
+def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = None) -> TrainingWindow:
+    """Choose the published partitions in ``(as_of - days, as_of]`` and split them by day (manifests only).
+
+    Days before the pipeline's history starts (``schedule.start_date`` or the first partition, whichever
+    is earlier) are not counted as missing, so a young pipeline can train once it has ``min_days``.
+    """
+    cfg = spec.window
+    days = window_days if window_days is not None else cfg.days
+    if days < 1:
+        raise ValueError(f"window_days must be positive, got {days}")
+    start = as_of - dt.timedelta(days=days - 1)
+    found = storage.list_partitions(layout.FEATURES, spec.name)
+    # Never look past as_of: a backfill for an old date must not see data from its future.
+    in_window = {ds: path for ds, path in found.items() if start <= ds <= as_of}
+
+    hashes: dict[str, str] = {}
+    rows_by_day: dict[dt.date, int] = {}
+    for ds, path in sorted(in_window.items()):
+        manifest = storage.read_manifest(path)
+        if manifest is None:  # unpublished between listing and reading
+            continue
+        hashes[ds.isoformat()] = str(manifest["content_sha256"])
+        rows = int(manifest["rows"])
+        rows_by_day[ds] = min(rows, cfg.max_rows_per_day) if cfg.max_rows_per_day else rows
+    present = sorted(rows_by_day)
+
+    history_start = min([spec.schedule.start_date, *present[:1]])
+    expected_from = max(start, history_start)
+    missing = [
+        expected_from + dt.timedelta(days=i)
+        for i in range((as_of - expected_from).days + 1)
+        if expected_from + dt.timedelta(days=i) not in rows_by_day
+    ]
+    rows = sum(rows_by_day.values())
+    where = f"{spec.name} window {start}..{as_of}"
+    if len(present) < cfg.min_days:
+        raise DataQualityError(f"{where}: {len(present)} published feature partitions, need at least {cfg.min_days}")
+    if len(missing) > cfg.max_missing_days:
+        shown = ", ".join(d.isoformat() for d in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise DataQualityError(
+            f"{where}: {len(missing)} days missing (max_missing_days={cfg.max_missing_days}): {shown}"
+        )
+    if rows < cfg.min_rows:
+        raise DataQualityError(f"{where}: {rows} rows in {len(present)} partitions, need at least {cfg.min_rows}")
+
+    holdout = present[-cfg.holdout_days:]
+    validation = present[-(cfg.holdout_days + cfg.validation_days):-cfg.holdout_days]
+    train = present[: -(cfg.holdout_days + cfg.validation_days)]
+    return TrainingWindow(
+        spec=spec.name,
+        as_of=as_of,
+        start=start,
+        partitions=present,
+        missing_days=missing,
+        data_digest=data_digest(hashes),
+        rows=rows,
+        train_days=train,
+        validation_days=validation,
+        holdout_days=holdout,
+        content_hashes=hashes,
+    )
+
+
+def cap_rows(frame: pd.DataFrame, keys: list[str], cap: int) -> pd.DataFrame:
+    """Keep the ``cap`` rows with the smallest entity-key hash: deterministic, unbiased, no RNG state."""
+    if len(frame) <= cap:
+        return frame
+    key_hash = pd.util.hash_pandas_object(frame[keys].astype("str"), index=False).to_numpy()
+    keep = np.sort(np.argsort(key_hash, kind="stable")[:cap])
+    return frame.iloc[keep]
+
+
+def training_columns(spec: PipelineSpec) -> list[str]:
+    return [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
+
+
+def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
+    """One published partition with the columns training needs, file hashes verified, capped if configured."""
+    frame = add_time_features(read_features(spec, ds, expected_sha), spec, overwrite=False)
+    wanted = training_columns(spec)
+    absent = [c for c in wanted if c not in frame.columns]
+    if absent:
+        raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
+    frame = frame[wanted]
+    if spec.window.max_rows_per_day:
+        frame = cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
+    return sort_canonical(frame, spec)
+
+
+def load_window_frames(spec: PipelineSpec, window: TrainingWindow) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, holdout) frames of the window's partitions, verified against its hashes.
+
+    Holds the whole window in memory: training streams it instead (see ``training.streaming``).
+    """
+
+    def load(days: list[dt.date]) -> pd.DataFrame:
+        frames = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in days]
+        return pd.concat(frames, ignore_index=True)
+
+    return load(window.train_days), load(window.validation_days), load(window.holdout_days)
+
+
+def read_features(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None,
+                  columns: list[str] | None = None) -> pd.DataFrame:
+    """A published feature partition (hashes verified; refused if republished since ``expected_sha``)."""
+    directory = storage.partition_dir(layout.FEATURES, spec.name, ds)
+    return storage.read_partition(directory, columns, expected_sha256=expected_sha)
+
+
+def target_values(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
+    """The target as float64, refusing missing values (and non-0/1 values for a binary target)."""
+    y = pd.to_numeric(frame[spec.target.name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    if np.isnan(y).any():
+        raise DataQualityError(f"{spec.name}: target {spec.target.name!r} has missing values")
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION and not np.isin(y, [0.0, 1.0]).all():
+        raise DataQualityError(f"{spec.name}: binary target {spec.target.name!r} has values other than 0/1")
+    return y
