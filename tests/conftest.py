@@ -6,13 +6,11 @@ metadata database and never to a user's ``~/airflow``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -21,16 +19,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+_REPO = Path(__file__).resolve().parent.parent
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="evergreen-tests-"))
 
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_SESSION_HOME / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(_REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(_REPO / "plugins"),
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "GX_ANALYTICS_ENABLED": "false",
@@ -41,22 +38,7 @@ os.environ.update(
 )
 os.environ.pop("EVERGREEN_SPECS_DIR", None)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def airflow_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "airflow"), *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from helpers import VENV_BIN, airflow_cli, free_port  # noqa: E402 - after the environment is set
 
 
 @pytest.fixture(scope="session")
@@ -135,25 +117,6 @@ def s3_storage(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     root = f"s3://{bucket}/{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("EVERGREEN_STORAGE_ROOT", root)
     return root
-
-
-def run_dag(dag_id: str, ds: dt.date | None = None, conf: dict | None = None):
-    """Run a DAG from the project's dags folder with ``dag.test()``; return the finished DagRun."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    dag = bag.get_dag(dag_id)
-    assert dag is not None, f"no DAG {dag_id}; have {sorted(bag.dag_ids)}"
-    logical = dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC) if ds else None
-    kwargs = {"run_conf": conf}
-    if logical is not None:
-        kwargs["logical_date"] = logical
-    return dag.test(**kwargs)
-
-
-def task_states(dag_run) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
 
 @pytest.fixture

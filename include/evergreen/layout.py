@@ -37,9 +37,11 @@ def parse_partition_key(name: str) -> dt.date | None:
     if not name.startswith("ds="):
         return None
     try:
-        return dt.date.fromisoformat(name[3:])
+        ds = dt.date.fromisoformat(name[3:])
     except ValueError:
         return None
+    # fromisoformat also reads 20261007 and 2026-W41-3: only the name partition_key writes is a day.
+    return ds if partition_key(ds) == name else None
 
 
 def zone(zone_name: str, spec_name: str) -> str:

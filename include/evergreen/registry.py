@@ -116,7 +116,7 @@ def model_version(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
+def alias_version(client: Any, name: str, alias: str) -> str | None:
     """Version number behind ``alias``, or None."""
     found = model_version(client, name, alias)
     return None if found is None else str(found.version)
@@ -132,11 +132,11 @@ def serving_versions(spec: PipelineSpec, client: Any | None = None) -> dict[str,
     empty when there is no champion."""
     client = client or _client()
     name = spec.registered_model_name
-    current = _alias_version(client, name, CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     if current is None:
         return {}
     versions = {CHAMPION: current}
-    candidate = _alias_version(client, name, CHALLENGER)
+    candidate = alias_version(client, name, CHALLENGER)
     if candidate is not None and candidate != current:
         versions[CHALLENGER] = candidate
     return versions
@@ -228,7 +228,7 @@ def _compare_and_set_champion(client: Any, name: str, expected: str | None, vers
     from mlflow.exceptions import MlflowException
 
     started = time.monotonic()
-    current = _alias_version(client, name, CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     if current == version:
         return True, current, ["already champion (retried promotion)"], 0.0
     if current != expected:
@@ -241,7 +241,7 @@ def _compare_and_set_champion(client: Any, name: str, expected: str | None, vers
         client.set_registered_model_alias(name, CHAMPION, version)
     except MlflowException:
         # With no champion yet, a concurrent first promotion can win the alias insert: we lost.
-        now = _alias_version(client, name, CHAMPION)
+        now = alias_version(client, name, CHAMPION)
         if now in (None, expected):
             raise
         return False, now, [f"champion changed concurrently: lost to version {now}"], time.monotonic() - started
@@ -250,7 +250,7 @@ def _compare_and_set_champion(client: Any, name: str, expected: str | None, vers
         log.warning("champion CAS for %s v%s took %.2fs from read to set (> settle %.2fs): a concurrent "
                     "promotion may not be detected", name, version, read_to_set, settle_seconds)
     time.sleep(settle_seconds)
-    final = _alias_version(client, name, CHAMPION)
+    final = alias_version(client, name, CHAMPION)
     if final != version:
         return False, final, [f"champion changed concurrently: lost to version {final}"], read_to_set
     return True, final, [], read_to_set
@@ -284,7 +284,7 @@ def promote_if_better(
     passed = bool(gate_report.get("passed"))
     beats = expected is None or bool(gate_report.get("beats_champion"))
     client = _client()
-    champion_before = _alias_version(client, name, CHAMPION)
+    champion_before = alias_version(client, name, CHAMPION)
     record: dict[str, Any] = {
         "spec": spec.name,
         "model_name": name,
@@ -342,12 +342,12 @@ def promote_if_better(
     if not beats:
         kind = "registered"
         reasons = [f"passed the gates but does not beat champion {expected} on {summary['primary_metric']}"]
-        champion_after = _alias_version(client, name, CHAMPION)
+        champion_after = alias_version(client, name, CHAMPION)
         read_to_set = 0.0
     else:
         won, champion_after, reasons, read_to_set = _compare_and_set_champion(client, name, expected, version, settle)
         kind = "promoted" if won else "registered"
-        if won and _alias_version(client, name, CHALLENGER) == version:
+        if won and alias_version(client, name, CHALLENGER) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
     decision_tags = {Tag.DECISION: kind, Tag.DECIDED_AT: decided.isoformat(), Tag.DECIDED_BY: actor}
     _tag_version(client, name, version, decision_tags)
@@ -358,7 +358,7 @@ def promote_if_better(
         "kind": kind,
         "reasons": reasons,
         "champion_after": champion_after,
-        "previous_champion": _alias_version(client, name, PREVIOUS_CHAMPION),
+        "previous_champion": alias_version(client, name, PREVIOUS_CHAMPION),
         "read_to_set_seconds": round(read_to_set, 3),
     })
 
@@ -376,10 +376,10 @@ def rollback(
     decided = _utc(decided_at)
     name = spec.registered_model_name
     client = _client()
-    current = _alias_version(client, name, CHAMPION)
+    current = alias_version(client, name, CHAMPION)
     if current is None:
         raise RegistryError(f"{name} has no champion to roll back")
-    target = str(target_version) if target_version is not None else _alias_version(client, name, PREVIOUS_CHAMPION)
+    target = str(target_version) if target_version is not None else alias_version(client, name, PREVIOUS_CHAMPION)
     if target is None:
         raise RegistryError(f"{name} has no {PREVIOUS_CHAMPION}; pass target_version explicitly")
     if target == current:

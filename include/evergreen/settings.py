@@ -22,6 +22,9 @@ CAS_SETTLE_SECONDS = "EVERGREEN_CAS_SETTLE_SECONDS"
 NAMES = (STORAGE_ROOT, STORAGE_CONN_ID, SPECS_DIR, CODE_VERSION, MLFLOW_ARTIFACT_ROOT, TRAINING_SPILL_DIR,
          CAS_SETTLE_SECONDS)
 DEFAULT_STORAGE_ROOT = "~/.evergreen/storage"
+# Read by MLflow itself (tracking, registry and the artifact proxy), not here; every Airflow process that
+# runs tasks needs it.
+MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI",)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from conftest import run_dag, task_states
 from evergreen import storage
 from evergreen.factory import resolve_partition_date
 from evergreen.simulate import land_days
 from evergreen.spec import get_spec
+from helpers import run_dag, task_states
 
 FRAUD = get_spec("fraud")
 DAYS = [dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)]
@@ -104,7 +104,7 @@ def test_etl_dag_on_s3_over_http(airflow_db: Path, s3_storage: str) -> None:
     assert root.protocol == "s3"
     published = _published("fraud")
     assert list(published) == DAYS[:2]
-    frame = storage.read_partition_frame(storage.partition_dir("features", "fraud", DAYS[0]))
+    frame = storage.read_partition(storage.partition_dir("features", "fraud", DAYS[0]))
     assert len(frame) == published[DAYS[0]]["rows"] > 0
     assert _published("delivery_eta")[DAYS[0]]["rows"] > 0
     before = published[DAYS[0]]["content_sha256"]
@@ -118,7 +118,7 @@ def test_etl_dag_on_s3_over_http(airflow_db: Path, s3_storage: str) -> None:
 @pytest.mark.parametrize(("policy", "expected"), [("fail", "AirflowFailException"), ("skip", "AirflowSkipException")])
 def test_missing_or_empty_day_follows_the_spec(storage_root: Path, policy: str, expected: str) -> None:
     import pandas as pd
-    from evergreen import etl
+    from evergreen.etl import ingest as etl
     from evergreen.factory import data_errors_fail_fast
 
     spec = FRAUD.model_copy(update={"etl": FRAUD.etl.model_copy(update={"on_missing_day": policy})})

@@ -47,7 +47,8 @@ from compose_config import (
     service_environment,
     unescape,
 )
-from evergreen.localstack import LocalStack, StackError, free_port, tail
+
+from devtools.localstack import LocalStack, StackError, free_port, tail
 
 pytestmark = [pytest.mark.production, pytest.mark.timeout(900)]
 

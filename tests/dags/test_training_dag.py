@@ -9,11 +9,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import run_dag, task_states
-from evergreen import etl, registry, storage
+from evergreen import registry, storage
 from evergreen.cli import main as cli_main
-from evergreen.simulate import land_days
 from evergreen.spec import get_spec
+from helpers import land_and_etl, run_dag, task_states, xcom_value
 from mlflow import MlflowClient
 
 START = dt.date(2026, 10, 1)
@@ -21,31 +20,10 @@ AS_OF = dt.date(2026, 10, 21)  # three weeks of data
 TRAIN_END = AS_OF - dt.timedelta(days=3)  # last day before the holdout
 
 
-def _land_and_etl(spec, start: dt.date, end: dt.date, **simulate) -> None:
-    land_days(spec, start, end, **simulate)
-    day = start
-    while day <= end:
-        etl.run_feature_etl(spec, day)
-        day += dt.timedelta(days=1)
-
-
-def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-def _decision(run) -> dict:
-    ti = next(t for t in run.get_task_instances() if t.task_id == "promote_if_better")
-    value = ti.xcom_pull(task_ids="promote_if_better")
-    return value if isinstance(value, dict) else json.loads(value)
-
-
 def _train(as_of: dt.date, **conf):
     run = run_dag("fraud_training", as_of, conf={"window_days": 21, **conf})
     assert str(run.state) == "success", task_states(run)
-    return run, _decision(run)
+    return run, xcom_value(run, "promote_if_better")
 
 
 @pytest.mark.slow
@@ -53,12 +31,12 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
     spec = get_spec("fraud")
     client = MlflowClient()
     # v1 learns from noisy labels: good enough for the gates, beatable later on the same holdout.
-    _land_and_etl(spec, START, TRAIN_END, label_noise=0.2)
-    _land_and_etl(spec, TRAIN_END + dt.timedelta(days=1), AS_OF)
+    land_and_etl(spec, START, TRAIN_END, label_noise=0.2)
+    land_and_etl(spec, TRAIN_END + dt.timedelta(days=1), AS_OF)
 
     run1, first = _train(AS_OF)
     assert first["kind"] == "promoted", first
-    assert first["version"] == "1" and _alias(client, "fraud", "champion") == "1"
+    assert first["version"] == "1" and registry.alias_version(client, "fraud", "champion") == "1"
     version = client.get_model_version("fraud", "1")
     tags = version.tags
     window_days = sorted(storage.list_partitions("features", "fraud"))
@@ -87,30 +65,30 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
         assert metrics_again[key] == pytest.approx(metrics1[key], abs=1e-12), key
 
     # Clean labels: a better model on the same holdout is promoted, v1 becomes previous_champion.
-    _land_and_etl(spec, START, TRAIN_END)
+    land_and_etl(spec, START, TRAIN_END)
     _, better = _train(AS_OF, reason="drift", drift_report="reports/drift/fraud/ds=2026-10-21/report.json")
     assert better["kind"] == "promoted", better
     assert better["champion_before"] == "1" and better["version"] == "2"
-    assert _alias(client, "fraud", "champion") == "2"
-    assert _alias(client, "fraud", "previous_champion") == "1"
+    assert registry.alias_version(client, "fraud", "champion") == "2"
+    assert registry.alias_version(client, "fraud", "previous_champion") == "1"
     assert client.get_run(better["run_id"]).data.tags["evergreen.reason"] == "drift"
 
     # Heavy label noise: a worse candidate is rejected, not registered, and the champion stays.
-    _land_and_etl(spec, START, TRAIN_END, label_noise=0.45)
+    land_and_etl(spec, START, TRAIN_END, label_noise=0.45)
     _, worse = _train(AS_OF)
     assert worse["kind"] == "rejected", worse
     assert worse["reasons"]
-    assert _alias(client, "fraud", "champion") == "2"
+    assert registry.alias_version(client, "fraud", "champion") == "2"
     assert len(client.search_model_versions("name='fraud'")) == 2
     assert client.get_run(worse["run_id"]).data.tags["evergreen.decision"] == "rejected"
 
     # Rollback from the DAG restores v1; from the CLI back to v2; the history keeps everything.
     rollback_run = run_dag("fraud_rollback", None, conf={"reason": "bad release"})
     assert str(rollback_run.state) == "success", task_states(rollback_run)
-    assert _alias(client, "fraud", "champion") == "1"
-    assert _alias(client, "fraud", "previous_champion") == "2"
+    assert registry.alias_version(client, "fraud", "champion") == "1"
+    assert registry.alias_version(client, "fraud", "previous_champion") == "2"
     assert cli_main(["rollback", "--spec", "fraud", "--to-version", "2", "--reason", "undo"]) == 0
-    assert _alias(client, "fraud", "champion") == "2"
+    assert registry.alias_version(client, "fraud", "champion") == "2"
     kinds = [d["kind"] for d in registry.decision_history(spec)]
     assert kinds.count("promoted") == 2 and kinds.count("rejected") == 1 and kinds.count("rolled_back") == 2
     assert "dry_run" in kinds
@@ -119,20 +97,20 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
 @pytest.mark.slow
 def test_regression_spec_end_to_end(airflow_db: Path, storage_root: Path, mlflow_uri: str) -> None:
     spec = get_spec("delivery_eta")
-    _land_and_etl(spec, START, AS_OF)
+    land_and_etl(spec, START, AS_OF)
     run = run_dag("delivery_eta_training", AS_OF)
     assert str(run.state) == "success", task_states(run)
-    decision = _decision(run)
+    decision = xcom_value(run, "promote_if_better")
     assert decision["kind"] == "promoted", decision
     client = MlflowClient()
-    assert _alias(client, "delivery_eta", "champion") == "1"
+    assert registry.alias_version(client, "delivery_eta", "champion") == "1"
     metrics = client.get_run(decision["run_id"]).data.metrics
     assert metrics["rmse"] < 15.0 and metrics["r2"] > 0.5
 
 
 def test_too_little_data_fails_clearly(airflow_db: Path, storage_root: Path, mlflow_uri: str) -> None:
     spec = get_spec("fraud")
-    _land_and_etl(spec, AS_OF - dt.timedelta(days=4), AS_OF)
+    land_and_etl(spec, AS_OF - dt.timedelta(days=4), AS_OF)
     run = run_dag("fraud_training", AS_OF)
     states = task_states(run)
     assert str(run.state) == "failed"

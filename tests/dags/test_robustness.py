@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_dag, task_states
-from evergreen import etl, evaluation, monitoring, registry, storage, training
+from evergreen import evaluation, monitoring, registry, storage
+from evergreen.etl import ingest as etl
 from evergreen.spec import load_spec
+from evergreen.training.train import train_challenger
+from evergreen.training.window import select_window
+from helpers import run_dag, task_states
 
 START = dt.date(2026, 3, 1)
 DAYS = 16
@@ -90,15 +93,15 @@ def test_odd_data_end_to_end(airflow_db: Path, odd_spec, mlflow_uri: str) -> Non
         ds = START + dt.timedelta(days=i)
         if ds not in MISSING:
             etl.run_feature_etl(spec, ds)
-    frame = storage.read_partition_frame(storage.partition_dir("features", spec.name, START))
+    frame = storage.read_partition(storage.partition_dir("features", spec.name, START))
     assert pd.api.types.is_string_dtype(frame["region_code"]) and frame["region_code"].isna().any()
     assert pd.api.types.is_bool_dtype(frame["promo"])
     assert set(frame["store"]) <= {"1", "2", "3", "4"}
     assert storage.read_manifest(storage.partition_dir("features", spec.name, PARTIAL))["rows"] == 12
 
-    window = training.select_window(spec, START + dt.timedelta(days=DAYS - 1))
+    window = select_window(spec, START + dt.timedelta(days=DAYS - 1))
     assert window.missing_days == sorted(MISSING)
-    trained = training.train_challenger(spec, window, lineage={"reason": "manual"})
+    trained = train_challenger(spec, window, lineage={"reason": "manual"})
     assert trained["metrics"]["r2"] > 0.5
     report = evaluation.evaluate_challenger(spec, trained["run_id"])
     decision = registry.promote_if_better(spec, trained["run_id"], report, dry_run=False, actor="test")

@@ -11,7 +11,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from evergreen import registry, storage
+from evergreen import settings, storage
 from evergreen.evaluation import evaluate_challenger
 from evergreen.registry import (
     RegistryError,
@@ -21,9 +21,10 @@ from evergreen.registry import (
     rollback,
 )
 from evergreen.spec import PipelineSpec
-from evergreen.training import select_window, train_challenger
+from evergreen.training.train import train_challenger
+from evergreen.training.window import select_window
+from helpers import START, configure_mlflow, publish_days, small_spec
 from mlflow import MlflowClient
-from test_training import START, configure_mlflow, publish_days, small_spec
 
 T0 = dt.datetime(2026, 10, 15, 3, 0, tzinfo=dt.UTC)
 
@@ -41,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Three challenger runs on one window: two identical strong ones and a weak one (stumps, 2 rounds)."""
     base = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(storage.ROOT_ENV, str(base / "storage"))
+        mp.setenv(settings.STORAGE_ROOT, str(base / "storage"))
         spec = small_spec()
         configure_mlflow(mp, base, spec.name)
         days = publish_days(spec, START, 14)
@@ -61,8 +62,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def env(runs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         request: pytest.FixtureRequest) -> dict[str, Any]:
     """Fresh decision storage and a registered model name of this test's own."""
-    monkeypatch.setenv(storage.ROOT_ENV, str(tmp_path / "storage"))
-    monkeypatch.setattr(registry, "CAS_SETTLE_SECONDS", 0.05)
+    monkeypatch.setenv(settings.STORAGE_ROOT, str(tmp_path / "storage"))
+    monkeypatch.setenv(settings.CAS_SETTLE_SECONDS, "0.05")
     name = "fraud_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
     return {**runs, "spec": relaxed(runs["spec"], name), "name": name, "client": MlflowClient()}
 
@@ -196,7 +197,7 @@ def test_concurrent_promoters_exactly_one_wins(env: dict[str, Any], monkeypatch:
     evaluate_and_promote(env, "weak", T0)
     reports = {run: evaluate_challenger(spec, env[run]) for run in ("strong_a", "strong_b")}
     assert all(r["champion_version"] == "1" and r["beats_champion"] for r in reports.values())
-    monkeypatch.setattr(registry, "CAS_SETTLE_SECONDS", 0.5)
+    monkeypatch.setenv(settings.CAS_SETTLE_SECONDS, "0.5")
 
     # Worst case: both promoters have read (and compared) the old champion before either moves it.
     barrier = threading.Barrier(2, timeout=60)

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from evergreen.localstack import LocalStack
+from helpers import free_port
+
+from devtools.localstack import LocalStack
 
 pytestmark = pytest.mark.scheduler
 

@@ -14,10 +14,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from evergreen import storage, training
+from evergreen import settings, storage
 from evergreen.spec import PipelineSpec
-from evergreen.training import select_window, train_challenger
-from test_training import START, configure_mlflow, make_feature_day, publish_day, publish_days, small_spec
+from evergreen.training import model, streaming, train
+from evergreen.training import window as training_window
+from evergreen.training.train import train_challenger
+from evergreen.training.window import select_window
+from helpers import START, configure_mlflow, make_feature_day, publish_day, publish_days, small_spec
 
 
 def _both(spec: PipelineSpec, as_of: dt.date) -> tuple[dict, dict]:
@@ -36,8 +39,8 @@ def _assert_same_model(streamed: dict, in_memory: dict) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(storage.ROOT_ENV, str(tmp_path / "storage"))
-    monkeypatch.setenv(training.SPILL_DIR_ENV, str(tmp_path / "spill"))
+    monkeypatch.setenv(settings.STORAGE_ROOT, str(tmp_path / "storage"))
+    monkeypatch.setenv(settings.TRAINING_SPILL_DIR, str(tmp_path / "spill"))
     (tmp_path / "spill").mkdir()
     return tmp_path
 
@@ -46,7 +49,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_streaming_matches_in_memory_classification(env: Path, monkeypatch: pytest.MonkeyPatch,
                                                     batch_rows: int | None) -> None:
     if batch_rows:  # each day reaches XGBoost as several batches
-        monkeypatch.setattr(training, "BATCH_ROWS", batch_rows)
+        monkeypatch.setattr(streaming, "BATCH_ROWS", batch_rows)
     spec = small_spec()
     configure_mlflow(monkeypatch, env, spec.name)
     days = publish_days(spec, START, 14, rows=500, seed=5)
@@ -84,7 +87,7 @@ def test_unsorted_multi_file_partition_is_read_in_canonical_order(env: Path, mon
     spec = small_spec()
     day = make_feature_day(spec, START, 300, seed=4)
     publish_day(spec, START, day)
-    sorted_once = training.load_day(spec, START)
+    sorted_once = training_window.load_day(spec, START)
     directory = storage.partition_dir("features", spec.name, START)
     shuffled = day.sample(frac=1.0, random_state=0)
     parts = [shuffled.iloc[:120], shuffled.iloc[120:]]
@@ -95,13 +98,13 @@ def test_unsorted_multi_file_partition_is_read_in_canonical_order(env: Path, mon
                       "rows": len(part), "bytes": len(data)})
     storage.publish(directory, {"spec": spec.name, "ds": START.isoformat(), "rows": 300,
                                 "content_sha256": "split", "files": files})
-    pd.testing.assert_frame_equal(training.load_day(spec, START), sorted_once)
+    pd.testing.assert_frame_equal(training_window.load_day(spec, START), sorted_once)
 
 
 def test_baseline_and_profile_use_a_bounded_sample(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = small_spec()
     configure_mlflow(monkeypatch, env, spec.name)
-    monkeypatch.setattr(training, "SAMPLE_MAX_ROWS", 1000)
+    monkeypatch.setattr(streaming, "SAMPLE_MAX_ROWS", 1000)
     days = publish_days(spec, START, 14, rows=400, seed=6)
     window = select_window(spec, days[-1])
     first = train_challenger(spec, window, lineage={})
@@ -123,21 +126,22 @@ def test_streaming_never_concatenates_the_window(env: Path, monkeypatch: pytest.
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the streaming path must not load the whole window")
 
-    monkeypatch.setattr(training, "load_window_frames", refuse)
-    monkeypatch.setattr(training, "_in_memory_training_data", refuse)
+    monkeypatch.setattr(training_window, "load_window_frames", refuse)
+    monkeypatch.setattr(train, "in_memory_training_data", refuse)
     loaded: list[dt.date] = []
-    real_load_day = training.load_day
+    real_load_day = training_window.load_day
 
     def counting_load_day(spec_: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
         loaded.append(ds)
         return real_load_day(spec_, ds, expected_sha)
 
-    monkeypatch.setattr(training, "load_day", counting_load_day)
-    window = select_window(spec, days[-1])
-    result = train_challenger(spec, window, lineage={})
+    monkeypatch.setattr(streaming, "load_day", counting_load_day)  # the training and validation days
+    monkeypatch.setattr(train, "load_day", counting_load_day)  # the holdout days
+    selected = select_window(spec, days[-1])
+    result = train_challenger(spec, selected, lineage={})
     assert result["metrics"]["roc_auc"] > 0.6
     # Each day is prepared once (XGBoost's later passes read the spilled matrices), never twice.
-    assert sorted(loaded) == sorted(window.partitions)
+    assert sorted(loaded) == sorted(selected.partitions)
 
 
 def test_republished_partition_fails_the_streamed_run(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,14 +176,14 @@ def test_missing_value_encodings(env: Path, monkeypatch: pytest.MonkeyPatch) -> 
     categorical = next(n for n, k in sentinel.model_features.items() if k == "categorical")
     frame.loc[frame.index[:20], numeric] = np.nan
     frame.loc[frame.index[20:40], categorical] = "never_seen_in_training"
-    fitted = training.fit_feature_schema(frame, {k: v.value for k, v in sentinel.model_features.items()},
+    fitted = model.fit_feature_schema(frame, {k: v.value for k, v in sentinel.model_features.items()},
                                          missing="sentinel")
-    encoded = training.xgboost_input(training.prepare_features(frame, fitted), fitted)
+    encoded = model.xgboost_input(model.prepare_features(frame, fitted), fitted)
     assert not encoded.isna().any().any()
-    assert (encoded[numeric].iloc[:20] == training.MISSING_VALUE).all()
-    assert training.FeatureSchema.from_dict(fitted.to_dict()) == fitted
+    assert (encoded[numeric].iloc[:20] == model.MISSING_VALUE).all()
+    assert model.FeatureSchema.from_dict(fitted.to_dict()) == fitted
     legacy = {k: v for k, v in fitted.to_dict().items() if k != "missing"}
-    assert training.FeatureSchema.from_dict(legacy).missing == "native"  # models logged before the option
+    assert model.FeatureSchema.from_dict(legacy).missing == "native"  # models logged before the option
     for mode, result in results.items():
         served = mlflow.pyfunc.load_model(result["model_uri"])
         assert served.unwrap_python_model()._schema.missing == mode  # the served model encodes as trained

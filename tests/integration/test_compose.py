@@ -139,7 +139,7 @@ def _names_read_by_evergreen() -> dict[str, str]:
         re.compile(r"""os\.(?:environ(?:\.get|\.setdefault|\.pop)?\(|environ\[|getenv\()\s*["']([A-Za-z0-9_]+)["']"""),
         re.compile(r"""["']((?:EVERGREEN|MLFLOW)_[A-Z0-9_]+)["']"""),
     ]
-    for path in sorted((REPO / "include" / "evergreen").glob("*.py")):
+    for path in sorted((REPO / "include" / "evergreen").rglob("*.py")):
         text = path.read_text()
         for pattern in patterns:
             for name in pattern.findall(text):

@@ -10,118 +10,18 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from evergreen import storage
+from evergreen import settings
 from evergreen.errors import DataQualityError
-from evergreen.spec import SHIPPED_SPECS_DIR, FeatureType, PipelineSpec, TaskType, load_spec
-from evergreen.training import (
-    TrainingWindow,
-    fit_feature_schema,
-    load_window_frames,
-    prepare_features,
-    select_window,
-    train_challenger,
-)
-
-START = dt.date(2026, 10, 1)
-
-
-# ---------------------------------------------------------------------------------------- helpers
-# Shared with test_registry.py (pytest puts this folder on sys.path).
-
-
-def small_spec(name: str = "fraud", **window: int) -> PipelineSpec:
-    """A shipped spec with a 14-day window and a few boosting rounds, so tests stay fast."""
-    spec = load_spec(SHIPPED_SPECS_DIR / f"{name}.yaml")
-    window_cfg = {"days": 14, "holdout_days": 3, "validation_days": 2, "min_days": 7,
-                  "max_missing_days": 2, "min_rows": 1000, **window}
-    return spec.model_copy(update={
-        "window": spec.window.model_copy(update=window_cfg),
-        "model": spec.model.model_copy(update={"num_boost_round": 40, "early_stopping_rounds": 5}),
-    })
-
-
-def make_feature_day(spec: PipelineSpec, ds: dt.date, rows: int = 400, *, seed: int = 0,
-                     signal: float = 1.0) -> pd.DataFrame:
-    """Feature-partition rows as the ETL writes them; the target depends on a few features."""
-    rng = np.random.default_rng([seed, ds.toordinal()])
-    seconds = np.sort(rng.integers(0, 86_400, size=rows))
-    ts = pd.Series(pd.Timestamp(ds, tz="UTC") + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]")
-    out: dict[str, object] = {spec.entity_keys[0]: pd.Series([f"{ds:%Y%m%d}-{i:05d}" for i in range(rows)],
-                                                           dtype="str")}
-    out[spec.timestamp_column] = ts
-    z = np.zeros(rows)
-    for i, feature in enumerate(spec.features):
-        if feature.type == FeatureType.NUMERIC:
-            values = rng.normal(0.0, 1.0, size=rows)
-            # A step, a slope and a U-shape: trees beat the linear baseline, as on real data.
-            z += {0: 1.5 * (values > 0.3), 1: -0.7 * values, 2: 0.8 * values**2 - 0.8}.get(i, 0.0)
-            lo = feature.min if feature.min is not None else -10.0
-            hi = feature.max if feature.max is not None else 10.0
-            scaled = np.clip((lo + hi) / 2 + values * (hi - lo) / 8, lo, hi)
-            if feature.max_null_fraction:
-                scaled[rng.random(rows) < feature.max_null_fraction / 2] = np.nan
-            out[feature.name] = scaled.astype("float64")
-        elif feature.type == FeatureType.CATEGORICAL:
-            choices = feature.allowed_values or ["a", "b", "c"]
-            idx = rng.integers(0, len(choices), size=rows)
-            z += np.where(idx == 0, 0.8, 0.0)
-            out[feature.name] = pd.Series(np.asarray(choices, dtype=object)[idx], dtype="str")
-        else:
-            flags = rng.random(rows) < 0.3
-            z += np.where(flags, 0.5, 0.0)
-            out[feature.name] = pd.Series(flags, dtype="boolean")
-    out["event_hour"] = ts.dt.hour.astype("float64")
-    out["event_day_of_week"] = ts.dt.day_of_week.astype("float64")
-    out["is_weekend"] = (ts.dt.day_of_week >= 5).astype("boolean")
-    z = signal * z
-    if spec.task_type == TaskType.BINARY_CLASSIFICATION:
-        p = 1.0 / (1.0 + np.exp(-(1.5 * z - 2.0)))
-        out[spec.target.name] = (rng.random(rows) < p).astype("int64")
-    else:
-        out[spec.target.name] = np.clip(30.0 + 6.0 * z + rng.normal(0, 2.0, size=rows), 1, 400).astype("float64")
-    return pd.DataFrame(out)
-
-
-def publish_day(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> str:
-    """Stage and publish ``frame`` as the feature partition ``ds``; return its content hash."""
-    directory = storage.partition_dir("features", spec.name, ds)
-    data = storage.frame_to_parquet_bytes(frame)
-    name = storage.stage_data_file(directory, data)
-    sha = storage.sha256_bytes(data)
-    storage.publish(directory, {
-        "spec": spec.name, "ds": ds.isoformat(), "rows": len(frame), "content_sha256": sha,
-        "files": [{"name": name, "sha256": sha, "rows": len(frame), "bytes": len(data)}],
-        "schema": {c: str(t) for c, t in frame.dtypes.items()},
-    })
-    return sha
-
-
-def publish_days(spec: PipelineSpec, start: dt.date, n: int, *, rows: int = 400, seed: int = 0,
-                 skip: tuple[dt.date, ...] = (), signal: float = 1.0) -> list[dt.date]:
-    days = [start + dt.timedelta(days=i) for i in range(n)]
-    for ds in days:
-        if ds not in skip:
-            publish_day(spec, ds, make_feature_day(spec, ds, rows, seed=seed, signal=signal))
-    return [d for d in days if d not in skip]
-
-
-def configure_mlflow(monkeypatch: pytest.MonkeyPatch, base: Path, experiment: str) -> None:
-    """SQLite tracking + registry under ``base`` and the spec's experiment with a local artifact root."""
-    uri = f"sqlite:///{base}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        artifacts = base / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
+from evergreen.training.model import fit_feature_schema, prepare_features
+from evergreen.training.train import train_challenger
+from evergreen.training.window import TrainingWindow, load_window_frames, select_window
+from helpers import START, configure_mlflow, make_feature_day, publish_day, publish_days, small_spec
 
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "storage"
-    monkeypatch.setenv(storage.ROOT_ENV, str(root))
+    monkeypatch.setenv(settings.STORAGE_ROOT, str(root))
     return root
 
 
@@ -241,7 +141,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Train the fraud challenger twice on the same 14 x 400-row window (module-scoped: ~10 s)."""
     base = tmp_path_factory.mktemp("train")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(storage.ROOT_ENV, str(base / "storage"))
+        mp.setenv(settings.STORAGE_ROOT, str(base / "storage"))
         spec = small_spec()
         configure_mlflow(mp, base, spec.name)
         days = publish_days(spec, START, 14)
@@ -317,7 +217,7 @@ def test_reference_profile(trained: dict) -> None:
 
 
 def test_regression_spec_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(storage.ROOT_ENV, str(tmp_path / "storage"))
+    monkeypatch.setenv(settings.STORAGE_ROOT, str(tmp_path / "storage"))
     spec = small_spec("delivery_eta")
     configure_mlflow(monkeypatch, tmp_path, spec.name)
     days = publish_days(spec, START, 10, rows=200)
@@ -331,7 +231,7 @@ def test_regression_spec_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_reference_profile_is_deterministic_and_capped() -> None:
-    from evergreen.drift import build_reference_profile
+    from evergreen.drift.profile import build_reference_profile
 
     spec = small_spec()
     frame = make_feature_day(spec, START, 300)

@@ -15,15 +15,16 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
-from evergreen import etl, validation
+from evergreen.etl import ingest as etl
+from evergreen.etl import validation
 from evergreen.simulate import generate_day
 from evergreen.spec import PipelineSpec, get_spec
-from test_etl import (
-    _bad_duplicate_keys,
-    _bad_out_of_range,
-    _bad_timestamp_outside_day,
-    _bad_unknown_category,
-    _bad_wrong_type,
+from helpers import (
+    bad_duplicate_keys,
+    bad_out_of_range,
+    bad_timestamp_outside_day,
+    bad_unknown_category,
+    bad_wrong_type,
 )
 
 DAY = dt.date(2026, 11, 1)
@@ -85,15 +86,15 @@ def _target_out_of_set(raw: pd.DataFrame) -> pd.DataFrame:
 
 FRAUD_CASES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "clean": lambda raw: raw,
-    "out_of_range": _bad_out_of_range,
+    "out_of_range": bad_out_of_range,
     "negative_amount": _set("amount", [2], -1.0),
     "infinite_amount": _set("amount", [2], np.inf),
-    "wrong_type": _bad_wrong_type,
-    "unknown_category": _bad_unknown_category,
+    "wrong_type": bad_wrong_type,
+    "unknown_category": bad_unknown_category,
     "null_in_required": _set("merchant_category", [7], None),
     "null_key": _set("transaction_id", [7], None),
-    "duplicate_key": _bad_duplicate_keys,
-    "timestamp_outside": _bad_timestamp_outside_day,
+    "duplicate_key": bad_duplicate_keys,
+    "timestamp_outside": bad_timestamp_outside_day,
     "timestamp_last_microsecond": _set("event_ts", [0], pd.Timestamp("2026-11-01T23:59:59.999999Z")),
     "timestamp_next_midnight": _set("event_ts", [0], pd.Timestamp("2026-11-02T00:00:00Z")),
     "missing_column": lambda raw: raw.drop(columns=["country"]),

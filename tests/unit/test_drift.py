@@ -12,22 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from evergreen import drift
-from evergreen.drift import (
-    OTHER,
-    UNSEEN,
-    NoChampionError,
-    build_reference_profile,
-    categorical_drift,
-    category_frequencies,
-    drift_report,
-    load_champion_reference,
-    numeric_drift,
-    psi,
-    read_drift_report,
-    render_report_html,
-    write_drift_report,
-)
+from evergreen import tracking
+from evergreen.drift.html import render_report_html
+from evergreen.drift.profile import OTHER, build_reference_profile, category_frequencies
+from evergreen.drift.statistics import UNSEEN, categorical_drift, drift_report, numeric_drift, psi
+from evergreen.errors import NoChampionError
+from evergreen.monitoring import load_champion_reference, read_drift_report, write_drift_report
 from evergreen.spec import PipelineSpec, get_spec
 
 DS = dt.date(2026, 10, 21)  # a Wednesday
@@ -364,7 +354,7 @@ def test_performance_drop_is_detected(spec: PipelineSpec, reference: tuple[pd.Da
 
 
 def test_performance_drop_is_direction_aware_for_regression() -> None:
-    from evergreen.etl import build_features
+    from evergreen.etl.ingest import build_features
     from evergreen.simulate import generate_day
 
     eta = get_spec("delivery_eta")
@@ -487,7 +477,7 @@ def test_write_drift_report(spec: PipelineSpec, reference: tuple[pd.DataFrame, d
 
 
 def test_simulated_covariate_drift_is_detected_without_false_alarms(spec: PipelineSpec) -> None:
-    from evergreen.etl import build_features
+    from evergreen.etl.ingest import build_features
     from evergreen.simulate import generate_day
 
     start = spec.schedule.start_date
@@ -519,7 +509,7 @@ def test_simulated_covariate_drift_is_detected_without_false_alarms(spec: Pipeli
 def test_load_champion_reference(spec: PipelineSpec, reference: tuple[pd.DataFrame, dict], mlflow_uri: str,
                                  tmp_path: Path) -> None:
     import mlflow
-    from evergreen.training import ensure_experiment
+    from evergreen.tracking import ensure_experiment
     from mlflow import MlflowClient
 
     _, profile = reference
@@ -531,7 +521,7 @@ def test_load_champion_reference(spec: PipelineSpec, reference: tuple[pd.DataFra
     client = MlflowClient()
     with mlflow.start_run(experiment_id=ensure_experiment("drift_test")) as run:
         mlflow.log_metrics({"roc_auc": 0.91, "pr_auc": 0.5, "validation_roc_auc": 0.93, "best_iteration": 40})
-        mlflow.log_dict(profile, drift.PROFILE_ARTIFACT)
+        mlflow.log_dict(profile, tracking.PROFILE_ARTIFACT)
     client.create_registered_model(name)
     version = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
     client.set_registered_model_alias(name, "champion", version.version)

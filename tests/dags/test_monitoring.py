@@ -4,15 +4,14 @@ DAGs through ``dag.test()`` on simulated data with and without injected drift.""
 from __future__ import annotations
 
 import datetime as dt
-import json
+import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import run_dag, task_states
 from evergreen import monitoring, storage
-from evergreen.drift import read_drift_report
+from evergreen.monitoring import read_drift_report
 from evergreen.spec import get_spec
-from test_training_dag import _land_and_etl
+from helpers import land_and_etl, run_dag, task_states, xcom_value
 
 FRAUD = get_spec("fraud")
 T0 = dt.datetime(2026, 11, 20, 6, 0, tzinfo=dt.UTC)
@@ -43,7 +42,9 @@ def test_one_report_triggers_once_even_when_seen_twice(storage_root: Path) -> No
 def test_trigger_run_id_is_derived_from_the_report(storage_root: Path) -> None:
     _fake_report(FRAUD, "2026-11-10", True)
     report = monitoring.all_reports(FRAUD)[0]
-    assert monitoring.trigger_run_id(report) == monitoring.trigger_run_id(dict(report))
+    sha = hashlib.sha256((storage_root / report["key"]).read_bytes()).hexdigest()
+    assert report["sha256"] == sha
+    assert monitoring.trigger_run_id(report) == f"drift__2026-11-10__{sha[:12]}"
     _fake_report(FRAUD, "2026-11-10", False)  # new content for the day: a different report
     assert monitoring.trigger_run_id(monitoring.all_reports(FRAUD)[0]) != monitoring.trigger_run_id(report)
 
@@ -93,13 +94,13 @@ def _training_runs():
 @pytest.mark.slow
 def test_monitor_and_sensor_dags_on_drift_and_no_drift(airflow_db: Path, storage_root: Path, mlflow_uri: str) -> None:
     start, as_of = dt.date(2026, 10, 1), dt.date(2026, 10, 21)
-    _land_and_etl(FRAUD, start, as_of)
+    land_and_etl(FRAUD, start, as_of)
     train = run_dag("fraud_training", as_of, conf={"window_days": 21})
     assert str(train.state) == "success", task_states(train)
     before = set(_training_runs())
 
     # Nine normal days after the champion's window: reports, no drift, no retrain.
-    _land_and_etl(FRAUD, as_of + dt.timedelta(days=1), as_of + dt.timedelta(days=9))
+    land_and_etl(FRAUD, as_of + dt.timedelta(days=1), as_of + dt.timedelta(days=9))
     monitor = run_dag("fraud_drift_monitor")
     assert str(monitor.state) == "success", task_states(monitor)
     for i in range(1, 10):
@@ -112,19 +113,17 @@ def test_monitor_and_sensor_dags_on_drift_and_no_drift(airflow_db: Path, storage
     assert str(sensor.state) == "success", task_states(sensor)
     assert task_states(sensor)["trigger_retrain"] == "skipped"
     assert set(_training_runs()) == before
-    predictions = storage.read_partition_frame(storage.partition_dir("predictions", "fraud", as_of + dt.timedelta(days=1)))
+    predictions = storage.read_partition(storage.partition_dir("predictions", "fraud", as_of + dt.timedelta(days=1)))
     assert set(predictions["model_version"]) == {"1"} and predictions["prediction"].between(0, 1).all()
 
     # Covariate drift from day 10 on: the report says so, the sensor triggers exactly one training run.
     drift_day = as_of + dt.timedelta(days=10)
-    _land_and_etl(FRAUD, drift_day, drift_day, drift="covariate", drift_start=drift_day)
+    land_and_etl(FRAUD, drift_day, drift_day, drift="covariate", drift_start=drift_day)
     assert str(run_dag("fraud_drift_monitor").state) == "success"
     report = read_drift_report(FRAUD, drift_day)
     assert report["drift_detected"] is True and report["reasons"]
     sensor = run_dag("fraud_drift_sensor")
-    decided = next(t for t in sensor.get_task_instances() if t.task_id == "decide_retrain").xcom_pull(
-        task_ids="decide_retrain")
-    decided = decided if isinstance(decided, dict) else json.loads(decided)
+    decided = xcom_value(sensor, "decide_retrain")
     run_id = decided["trigger"]["run_id"]
     assert task_states(sensor)["trigger_retrain"] == "success"
     new_runs = {k: v for k, v in _training_runs().items() if k not in before}
@@ -137,7 +136,7 @@ def test_monitor_and_sensor_dags_on_drift_and_no_drift(airflow_db: Path, storage
     assert str(run_dag("fraud_drift_monitor").state) == "success"
     assert (storage.storage_root() / f"reports/drift/fraud/ds={drift_day}/report.json").read_bytes() == report_bytes
     next_day = drift_day + dt.timedelta(days=1)
-    _land_and_etl(FRAUD, next_day, next_day, drift="covariate", drift_start=drift_day)
+    land_and_etl(FRAUD, next_day, next_day, drift="covariate", drift_start=drift_day)
     assert str(run_dag("fraud_drift_monitor").state) == "success"
     sensor = run_dag("fraud_drift_sensor")
     assert task_states(sensor)["trigger_retrain"] == "skipped"

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from evergreen import demo, monitoring
-from evergreen.localstack import LocalStack
+from evergreen import monitoring
 from evergreen.spec import get_spec
+from helpers import free_port
+
+from devtools import demo
+from devtools.localstack import LocalStack
 
 pytestmark = pytest.mark.scheduler
 
@@ -47,7 +49,7 @@ def _training_runs(stack: LocalStack) -> dict[str, dict]:
 
 
 def test_drift_triggers_exactly_one_retrain_then_cooldown(stack: LocalStack) -> None:
-    from evergreen.etl import run_feature_etl
+    from evergreen.etl.ingest import run_feature_etl
     from evergreen.simulate import land_days
 
     storage = Path(os.environ["EVERGREEN_STORAGE_ROOT"])

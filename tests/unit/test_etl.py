@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from evergreen import etl, storage
+from evergreen import layout, storage
 from evergreen.errors import DataQualityError, MissingDataError
+from evergreen.etl import ingest as etl
 from evergreen.simulate import generate_day, land_days
 from evergreen.spec import get_spec
+from helpers import (
+    bad_duplicate_keys,
+    bad_out_of_range,
+    bad_timestamp_outside_day,
+    bad_unknown_category,
+    bad_wrong_type,
+)
 
 DAY = dt.date(2026, 11, 1)
 FRAUD = get_spec("fraud")
@@ -34,7 +42,7 @@ def _write_raw(spec, day: dt.date, frame: pd.DataFrame) -> None:
 
 
 def _quarantine_report(spec, day: dt.date) -> dict:
-    directory = storage.partition_dir(etl.QUARANTINE, spec.name, day)
+    directory = storage.partition_dir(layout.QUARANTINE, spec.name, day)
     return json.loads((directory / "validation.json").read_bytes())
 
 
@@ -47,7 +55,7 @@ def test_good_day_publishes_typed_partition(storage_root: Path, spec) -> None:
     assert manifest is not None and manifest["content_sha256"] == ref["content_sha256"]
     assert manifest["validation"]["success"] is True and manifest["validation"]["failed"] == 0
     assert manifest["source"]["files"][0]["uri"] == spec.source.path.format(ds=DAY.isoformat())
-    frame = storage.read_partition_frame(directory)
+    frame = storage.read_partition(directory)
     assert len(frame) == manifest["rows"] > 0
     assert list(frame.columns) == [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
     for name, kind in spec.model_features.items():
@@ -84,45 +92,14 @@ def test_input_row_order_does_not_change_the_output(storage_root: Path) -> None:
     assert etl.run_feature_etl(FRAUD, DAY)["content_sha256"] == first["content_sha256"]
 
 
-def _bad_wrong_type(raw: pd.DataFrame) -> pd.DataFrame:
-    raw = raw.copy()
-    raw["amount"] = raw["amount"].astype("str")
-    raw.loc[3, "amount"] = "twelve"
-    return raw
-
-
-def _bad_out_of_range(raw: pd.DataFrame) -> pd.DataFrame:
-    raw = raw.copy()
-    raw.loc[[5, 9], "device_risk_score"] = 7.5
-    return raw
-
-
-def _bad_unknown_category(raw: pd.DataFrame) -> pd.DataFrame:
-    raw = raw.copy()
-    raw.loc[[1], "channel"] = "carrier_pigeon"
-    return raw
-
-
-def _bad_duplicate_keys(raw: pd.DataFrame) -> pd.DataFrame:
-    raw = raw.copy()
-    raw.loc[10, "transaction_id"] = raw.loc[11, "transaction_id"]
-    return raw
-
-
-def _bad_timestamp_outside_day(raw: pd.DataFrame) -> pd.DataFrame:
-    raw = raw.copy()
-    raw.loc[0, "event_ts"] = pd.Timestamp("2026-10-30T12:00:00Z")
-    return raw
-
-
 @pytest.mark.parametrize(
     ("corrupt", "expect_in_message", "bad_rows"),
     [
-        (_bad_wrong_type, "amount: expect_column_values_to_be_in_type_list", None),
-        (_bad_out_of_range, "device_risk_score: expect_column_values_to_be_between, 2 unexpected rows", 2),
-        (_bad_unknown_category, "'carrier_pigeon'", 1),
-        (_bad_duplicate_keys, "transaction_id: expect_column_values_to_be_unique", 2),
-        (_bad_timestamp_outside_day, "event_ts: expect_column_values_to_be_between, 1 unexpected rows", 1),
+        (bad_wrong_type, "amount: expect_column_values_to_be_in_type_list", None),
+        (bad_out_of_range, "device_risk_score: expect_column_values_to_be_between, 2 unexpected rows", 2),
+        (bad_unknown_category, "'carrier_pigeon'", 1),
+        (bad_duplicate_keys, "transaction_id: expect_column_values_to_be_unique", 2),
+        (bad_timestamp_outside_day, "event_ts: expect_column_values_to_be_between, 1 unexpected rows", 1),
         (lambda raw: raw.drop(columns=["country"]), "country: expect_column_to_exist", None),
         (lambda raw: raw.head(20), "expect_table_row_count_to_be_between", None),
     ],
@@ -178,7 +155,7 @@ def test_csv_with_naive_timestamps_and_text_booleans(storage_root: Path) -> None
     raw["is_peak"] = raw["is_peak"].map({True: "true", False: "false"})
     _write_raw(ETA, DAY, raw)
     etl.run_feature_etl(ETA, DAY)
-    frame = storage.read_partition_frame(storage.partition_dir("features", "delivery_eta", DAY))
+    frame = storage.read_partition(storage.partition_dir("features", "delivery_eta", DAY))
     assert pd.api.types.is_bool_dtype(frame["is_peak"])
     assert frame["is_peak"].sum() == (raw["is_peak"] == "true").sum()
 

@@ -24,7 +24,7 @@ def test_unpublished_partition_is_invisible(storage_root: Path) -> None:
     assert storage.list_partitions("features", "demo") == {}
     assert storage.read_manifest(directory) is None
     with pytest.raises(FileNotFoundError, match="not published"):
-        storage.read_partition_frame(directory)
+        storage.read_partition(directory)
 
 
 def test_publish_commits_and_drops_stale_files(storage_root: Path) -> None:
@@ -38,7 +38,7 @@ def test_publish_commits_and_drops_stale_files(storage_root: Path) -> None:
     storage.publish(directory, {"files": [{"name": new_name, "sha256": storage.sha256_bytes(new)}]})
     names = sorted(p.name for p in directory.iterdir())
     assert names == sorted([storage.MANIFEST, new_name])
-    assert storage.read_partition_frame(directory)["a"].tolist() == [2.0, 3.0]
+    assert storage.read_partition(directory)["a"].tolist() == [2.0, 3.0]
     assert list(storage.list_partitions("features", "demo")) == [day]
     # No temp files are left behind by atomic writes.
     assert not [p for p in Path(storage_root).rglob("*.tmp")]
@@ -58,7 +58,7 @@ def test_tampered_data_file_is_detected(storage_root: Path) -> None:
     storage.publish(directory, {"files": [{"name": name, "sha256": storage.sha256_bytes(data)}]})
     (Path(directory.path) / name).write_bytes(storage.frame_to_parquet_bytes(pd.DataFrame({"a": [9.0]})))
     with pytest.raises(ValueError, match="does not match its manifest"):
-        storage.read_partition_frame(directory)
+        storage.read_partition(directory)
 
 
 def test_parquet_bytes_are_deterministic() -> None:

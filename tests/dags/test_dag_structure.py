@@ -1,0 +1,190 @@
+"""The exact shape of every DAG the factory builds: task ids, edges, schedules, run limits, retries, assets.
+
+The graphs are hard-coded on purpose: a task that is renamed, added, dropped or rewired must fail here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronDataIntervalTimetable, CronTriggerTimetable
+from airflow.sdk.definitions.timetables.simple import NullTimetable
+from evergreen.factory import BUILDERS, build_dags
+from evergreen.spec import get_spec
+
+SPECS = ("fraud", "delivery_eta")
+KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor")
+
+TASKS = {
+    "feature_etl": {"wait_for_raw_partition", "validate_raw_partition", "build_feature_partition",
+                    "publish_feature_partition"},
+    "training": {"assemble_training_set", "train_challenger", "evaluate_gates", "promote_if_better"},
+    "rollback": {"rollback_champion"},
+    "drift_monitor": {"find_unreported_partitions", "monitor_partition", "announce_drift_reports"},
+    "drift_sensor": {"wait_for_unacted_drift_reports", "decide_retrain", "retrain_needed", "trigger_retrain"},
+}
+
+EDGES = {
+    "feature_etl": {
+        ("wait_for_raw_partition", "validate_raw_partition"),
+        ("validate_raw_partition", "build_feature_partition"),
+        ("build_feature_partition", "publish_feature_partition"),
+    },
+    "training": {
+        ("assemble_training_set", "train_challenger"),
+        ("train_challenger", "evaluate_gates"),
+        ("evaluate_gates", "promote_if_better"),
+        ("train_challenger", "promote_if_better"),
+    },
+    "rollback": set(),
+    "drift_monitor": {
+        ("find_unreported_partitions", "monitor_partition"),
+        ("monitor_partition", "announce_drift_reports"),
+    },
+    "drift_sensor": {
+        ("wait_for_unacted_drift_reports", "decide_retrain"),
+        ("decide_retrain", "retrain_needed"),
+        ("retrain_needed", "trigger_retrain"),
+    },
+}
+
+# Every task's retries as the factory sets them: sensors and decisions never retry (a retry cannot fix a
+# missing day, a rejected gate or a half-done alias move); I/O steps retry twice (the DAG default).
+RETRIES = {
+    "feature_etl": {"wait_for_raw_partition": 0, "validate_raw_partition": 2, "build_feature_partition": 2,
+                    "publish_feature_partition": 2},
+    "training": {"assemble_training_set": 1, "train_challenger": 2, "evaluate_gates": 2, "promote_if_better": 0},
+    "rollback": {"rollback_champion": 0},
+    "drift_monitor": {"find_unreported_partitions": 2, "monitor_partition": 2, "announce_drift_reports": 2},
+    "drift_sensor": {"wait_for_unacted_drift_reports": 0, "decide_retrain": 0, "retrain_needed": 0,
+                     "trigger_retrain": 2},
+}
+
+MAX_ACTIVE_RUNS = {"feature_etl": 4, "training": 1, "rollback": 1, "drift_monitor": 1, "drift_sensor": 1}
+TIMEOUT_MINUTES = {"feature_etl": 30, "training": 120, "rollback": 10, "drift_monitor": 30, "drift_sensor": 15}
+
+# (ETL cron, training cron, drift sensor cron) of the shipped specs; "@daily" is normalised by Airflow.
+CRONS = {
+    "fraud": ("0 0 * * *", "0 3 * * *", "*/15 * * * *"),
+    "delivery_eta": ("0 0 * * *", "30 3 * * *", "*/30 * * * *"),
+}
+MONITOR_CRON = "0 6 * * *"
+
+
+@pytest.fixture(scope="module", params=SPECS)
+def spec_dags(request: pytest.FixtureRequest) -> tuple[str, dict]:
+    name = request.param
+    return name, build_dags({name: get_spec(name)})
+
+
+def edges(dag) -> set[tuple[str, str]]:
+    return {(upstream, t.task_id) for t in dag.tasks for upstream in t.upstream_task_ids}
+
+
+def features(name: str) -> Asset:
+    return Asset(name=f"features/{name}", uri=f"evergreen://{name}/features", group="evergreen")
+
+
+def drift_reports(name: str) -> Asset:
+    return Asset(name=f"drift_reports/{name}", uri=f"evergreen://{name}/drift_reports", group="evergreen")
+
+
+def test_build_dags_for_the_shipped_specs_gives_ten_dags() -> None:
+    dags = build_dags()
+    assert sorted(dags) == sorted(f"{spec}_{kind}" for spec in SPECS for kind in KINDS)
+    assert len(dags) == 10
+    assert all(dag.dag_id == dag_id for dag_id, dag in dags.items())
+    assert tuple(BUILDERS) == KINDS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tasks_and_edges(spec_dags: tuple[str, dict], kind: str) -> None:
+    name, dags = spec_dags
+    assert sorted(dags) == sorted(f"{name}_{k}" for k in KINDS)
+    dag = dags[f"{name}_{kind}"]
+    assert set(dag.task_ids) == TASKS[kind]
+    assert len(dag.task_ids) == len(TASKS[kind])
+    assert edges(dag) == EDGES[kind]
+    # downstream_task_ids agree with upstream_task_ids (the graph is consistent both ways)
+    assert {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids} == EDGES[kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_run_limits_retries_and_timeouts(spec_dags: tuple[str, dict], kind: str) -> None:
+    name, dags = spec_dags
+    dag = dags[f"{name}_{kind}"]
+    assert dag.max_active_runs == MAX_ACTIVE_RUNS[kind]
+    assert dag.catchup is False
+    assert dag.start_date == dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    assert {t.task_id: t.retries for t in dag.tasks} == RETRIES[kind]
+    assert {t.execution_timeout for t in dag.tasks} == {dt.timedelta(minutes=TIMEOUT_MINUTES[kind])}
+    assert {t.owner for t in dag.tasks} == {get_spec(name).owner}
+
+
+def test_schedules(spec_dags: tuple[str, dict]) -> None:
+    name, dags = spec_dags
+    etl_cron, training_cron, sensor_cron = CRONS[name]
+
+    etl = dags[f"{name}_feature_etl"].timetable
+    assert type(etl) is CronDataIntervalTimetable
+    assert etl == CronDataIntervalTimetable(etl_cron, timezone="UTC")
+
+    training = dags[f"{name}_training"].timetable
+    assert type(training) is CronDataIntervalTimetable
+    assert training == CronDataIntervalTimetable(training_cron, timezone="UTC")
+
+    assert type(dags[f"{name}_rollback"].timetable) is NullTimetable
+    assert dags[f"{name}_rollback"].schedule is None
+
+    monitor = dags[f"{name}_drift_monitor"].timetable
+    assert type(monitor) is AssetOrTimeSchedule
+    assert monitor.timetable == CronTriggerTimetable(MONITOR_CRON, timezone="UTC")
+    assert type(monitor.asset_condition) is AssetAll
+    assert list(monitor.asset_condition.objects) == [features(name)]
+
+    sensor = dags[f"{name}_drift_sensor"].timetable
+    assert type(sensor) is CronTriggerTimetable
+    assert sensor == CronTriggerTimetable(sensor_cron, timezone="UTC")
+
+
+def test_asset_outlets(spec_dags: tuple[str, dict]) -> None:
+    name, dags = spec_dags
+    outlets = {(kind, t.task_id): list(t.outlets) for kind in KINDS for t in dags[f"{name}_{kind}"].tasks
+               if t.outlets}
+    assert outlets == {
+        ("feature_etl", "publish_feature_partition"): [features(name)],
+        ("drift_monitor", "announce_drift_reports"): [drift_reports(name)],
+    }
+    etl_publish = dags[f"{name}_feature_etl"].get_task("publish_feature_partition")
+    assert etl_publish.outlets[0].name == f"features/{name}"
+    monitor = dags[f"{name}_drift_monitor"]
+    last = [t for t in monitor.tasks if not t.downstream_task_ids]
+    assert [t.task_id for t in last] == ["announce_drift_reports"]
+    assert last[0].outlets[0].name == f"drift_reports/{name}"
+
+
+def test_sensors_and_trigger(spec_dags: tuple[str, dict]) -> None:
+    name, dags = spec_dags
+    spec = get_spec(name)
+
+    raw = dags[f"{name}_feature_etl"].get_task("wait_for_raw_partition")
+    assert (raw.mode, raw.soft_fail) == ("reschedule", False)  # on_missing_day: fail in both shipped specs
+    assert raw.poke_interval == spec.etl.sensor_poke_seconds
+    assert raw.timeout == spec.etl.sensor_timeout_minutes * 60 == 7200.0
+
+    drift = dags[f"{name}_drift_sensor"].get_task("wait_for_unacted_drift_reports")
+    assert (drift.mode, drift.soft_fail) == ("reschedule", True)
+    assert drift.timeout == spec.drift.sensor_timeout_minutes * 60
+
+    trigger = dags[f"{name}_drift_sensor"].get_task("trigger_retrain")
+    assert type(trigger).__name__ == "TriggerDagRunOperator"
+    assert trigger.trigger_dag_id == f"{name}_training"
+    assert trigger.skip_when_already_exists is True
+    assert trigger.wait_for_completion is False
+    assert trigger.conf["reason"] == "drift"
+    assert sorted(trigger.conf) == ["as_of", "drift_report", "reason"]
+
+    mapped = dags[f"{name}_drift_monitor"].get_task("monitor_partition")
+    assert type(mapped).__name__ == "DecoratedMappedOperator"
+    assert mapped.partial_kwargs["max_active_tis_per_dagrun"] == 2

@@ -1,0 +1,212 @@
+"""Helpers the tests share (data landing, DAG runs, XCom values, MLflow set-up). Test modules import from
+here, never from each other; fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from evergreen import layout, storage
+from evergreen.spec import SHIPPED_SPECS_DIR, FeatureType, PipelineSpec, TaskType, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+START = dt.date(2026, 10, 1)  # first day of the synthetic feature partitions
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def airflow_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "airflow"), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ DAGs
+
+
+def run_dag(dag_id: str, ds: dt.date | None = None, conf: dict | None = None):
+    """Run a DAG from the project's dags folder with ``dag.test()``; return the finished DagRun."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.get_dag(dag_id)
+    assert dag is not None, f"no DAG {dag_id}; have {sorted(bag.dag_ids)}"
+    logical = dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC) if ds else None
+    kwargs = {"run_conf": conf}
+    if logical is not None:
+        kwargs["logical_date"] = logical
+    return dag.test(**kwargs)
+
+
+def task_states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def xcom_value(dag_run: Any, task_id: str) -> Any:
+    """The return value of ``task_id`` in a finished run (decoded when the XCom backend hands back JSON)."""
+    ti = next(t for t in dag_run.get_task_instances() if t.task_id == task_id)
+    value = ti.xcom_pull(task_ids=task_id)
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def land_and_etl(spec: PipelineSpec, start: dt.date, end: dt.date, **simulate: Any) -> None:
+    """Simulated raw days ``start..end`` landed and run through the feature ETL in this process."""
+    from evergreen.etl.ingest import run_feature_etl
+    from evergreen.simulate import land_days
+
+    land_days(spec, start, end, **simulate)
+    day = start
+    while day <= end:
+        run_feature_etl(spec, day)
+        day += dt.timedelta(days=1)
+
+
+def small_spec(name: str = "fraud", **window: int) -> PipelineSpec:
+    """A shipped spec with a 14-day window and a few boosting rounds, so tests stay fast."""
+    spec = load_spec(SHIPPED_SPECS_DIR / f"{name}.yaml")
+    window_cfg = {"days": 14, "holdout_days": 3, "validation_days": 2, "min_days": 7,
+                  "max_missing_days": 2, "min_rows": 1000, **window}
+    return spec.model_copy(update={
+        "window": spec.window.model_copy(update=window_cfg),
+        "model": spec.model.model_copy(update={"num_boost_round": 40, "early_stopping_rounds": 5}),
+    })
+
+
+def make_feature_day(spec: PipelineSpec, ds: dt.date, rows: int = 400, *, seed: int = 0,
+                     signal: float = 1.0) -> pd.DataFrame:
+    """Feature-partition rows as the ETL writes them; the target depends on a few features."""
+    rng = np.random.default_rng([seed, ds.toordinal()])
+    seconds = np.sort(rng.integers(0, 86_400, size=rows))
+    ts = pd.Series(pd.Timestamp(ds, tz="UTC") + pd.to_timedelta(seconds, unit="s")).astype("datetime64[us, UTC]")
+    out: dict[str, object] = {spec.entity_keys[0]: pd.Series([f"{ds:%Y%m%d}-{i:05d}" for i in range(rows)],
+                                                           dtype="str")}
+    out[spec.timestamp_column] = ts
+    z = np.zeros(rows)
+    for i, feature in enumerate(spec.features):
+        if feature.type == FeatureType.NUMERIC:
+            values = rng.normal(0.0, 1.0, size=rows)
+            # A step, a slope and a U-shape: trees beat the linear baseline, as on real data.
+            z += {0: 1.5 * (values > 0.3), 1: -0.7 * values, 2: 0.8 * values**2 - 0.8}.get(i, 0.0)
+            lo = feature.min if feature.min is not None else -10.0
+            hi = feature.max if feature.max is not None else 10.0
+            scaled = np.clip((lo + hi) / 2 + values * (hi - lo) / 8, lo, hi)
+            if feature.max_null_fraction:
+                scaled[rng.random(rows) < feature.max_null_fraction / 2] = np.nan
+            out[feature.name] = scaled.astype("float64")
+        elif feature.type == FeatureType.CATEGORICAL:
+            choices = feature.allowed_values or ["a", "b", "c"]
+            idx = rng.integers(0, len(choices), size=rows)
+            z += np.where(idx == 0, 0.8, 0.0)
+            out[feature.name] = pd.Series(np.asarray(choices, dtype=object)[idx], dtype="str")
+        else:
+            flags = rng.random(rows) < 0.3
+            z += np.where(flags, 0.5, 0.0)
+            out[feature.name] = pd.Series(flags, dtype="boolean")
+    out["event_hour"] = ts.dt.hour.astype("float64")
+    out["event_day_of_week"] = ts.dt.day_of_week.astype("float64")
+    out["is_weekend"] = (ts.dt.day_of_week >= 5).astype("boolean")
+    z = signal * z
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION:
+        p = 1.0 / (1.0 + np.exp(-(1.5 * z - 2.0)))
+        out[spec.target.name] = (rng.random(rows) < p).astype("int64")
+    else:
+        out[spec.target.name] = np.clip(30.0 + 6.0 * z + rng.normal(0, 2.0, size=rows), 1, 400).astype("float64")
+    return pd.DataFrame(out)
+
+
+def publish_day(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> str:
+    """Stage and publish ``frame`` as the feature partition ``ds``; return its content hash."""
+    directory = storage.partition_dir(layout.FEATURES, spec.name, ds)
+    data = storage.frame_to_parquet_bytes(frame)
+    name = storage.stage_data_file(directory, data)
+    sha = storage.sha256_bytes(data)
+    storage.publish(directory, {
+        "spec": spec.name, "ds": ds.isoformat(), "rows": len(frame), "content_sha256": sha,
+        "files": [{"name": name, "sha256": sha, "rows": len(frame), "bytes": len(data)}],
+        "schema": {c: str(t) for c, t in frame.dtypes.items()},
+    })
+    return sha
+
+
+def publish_days(spec: PipelineSpec, start: dt.date, n: int, *, rows: int = 400, seed: int = 0,
+                 skip: tuple[dt.date, ...] = (), signal: float = 1.0) -> list[dt.date]:
+    days = [start + dt.timedelta(days=i) for i in range(n)]
+    for ds in days:
+        if ds not in skip:
+            publish_day(spec, ds, make_feature_day(spec, ds, rows, seed=seed, signal=signal))
+    return [d for d in days if d not in skip]
+
+
+def configure_mlflow(monkeypatch: pytest.MonkeyPatch, base: Path, experiment: str) -> None:
+    """SQLite tracking + registry under ``base`` and the spec's experiment with a local artifact root."""
+    uri = f"sqlite:///{base}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = base / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
+
+
+# --------------------------------------------------------------------------------------- raw corruptions
+# Each returns a bad copy of a simulated raw day; the ETL tests and the validation tests share them.
+
+
+def bad_wrong_type(raw: pd.DataFrame) -> pd.DataFrame:
+    raw = raw.copy()
+    raw["amount"] = raw["amount"].astype("str")
+    raw.loc[3, "amount"] = "twelve"
+    return raw
+
+
+def bad_out_of_range(raw: pd.DataFrame) -> pd.DataFrame:
+    raw = raw.copy()
+    raw.loc[[5, 9], "device_risk_score"] = 7.5
+    return raw
+
+
+def bad_unknown_category(raw: pd.DataFrame) -> pd.DataFrame:
+    raw = raw.copy()
+    raw.loc[[1], "channel"] = "carrier_pigeon"
+    return raw
+
+
+def bad_duplicate_keys(raw: pd.DataFrame) -> pd.DataFrame:
+    raw = raw.copy()
+    raw.loc[10, "transaction_id"] = raw.loc[11, "transaction_id"]
+    return raw
+
+
+def bad_timestamp_outside_day(raw: pd.DataFrame) -> pd.DataFrame:
+    raw = raw.copy()
+    raw.loc[0, "event_ts"] = pd.Timestamp("2026-10-30T12:00:00Z")
+    return raw
