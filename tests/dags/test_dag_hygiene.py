@@ -14,8 +14,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+SPECS = ("fraud", "delivery_eta")
+KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor")
+ALL_DAGS = sorted(f"{spec}_{kind}" for spec in SPECS for kind in KINDS)
 # boto3 is absent on purpose: Airflow itself imports it when an Asset is built (the amazon provider's
 # URI normaliser), whatever the DAG does.
 HEAVY_MODULES = ["pandas", "numpy", "pyarrow", "xgboost", "mlflow", "great_expectations", "sklearn", "scipy",
@@ -71,9 +74,7 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_every_spec_gets_its_dags(parsed: dict) -> None:
-    for spec in ("fraud", "delivery_eta"):
-        for kind in ("feature_etl", "training", "rollback"):
-            assert f"{spec}_{kind}" in parsed["dags"]
+    assert sorted(parsed["dags"]) == ALL_DAGS
 
 
 def test_dags_are_documented_tagged_and_retry(parsed: dict) -> None:
@@ -107,7 +108,7 @@ def test_dagbag_has_no_import_errors(airflow_db: Path) -> None:
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert len(bag.dag_ids) >= 6
+    assert sorted(bag.dag_ids) == ALL_DAGS
 
 
 def test_task_process_builds_only_its_own_dag(tmp_path: Path) -> None:
@@ -130,11 +131,11 @@ def test_task_process_builds_only_its_own_dag(tmp_path: Path) -> None:
 def test_local_settings_preload_only_where_tasks_are_forked(argv: list[str], preloads: bool) -> None:
     # config/airflow_local_settings.py, as Airflow imports it at start-up in each of these processes.
     probe = (f"import sys; sys.argv = {argv!r}; import airflow_local_settings; "
-             "print(sorted(m for m in ('pandas', 'pyarrow', 'evergreen.etl') if m in sys.modules))")
+             "print(sorted(m for m in ('pandas', 'pyarrow', 'evergreen.etl.ingest') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(REPO / "config")}
     env.pop("EVERGREEN_PRELOAD_MODULES", None)
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
-    assert loaded == (["evergreen.etl", "pandas", "pyarrow"] if preloads else [])
+    assert loaded == (["evergreen.etl.ingest", "pandas", "pyarrow"] if preloads else [])
