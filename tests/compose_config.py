@@ -1,7 +1,7 @@
 """docker-compose.yaml as data, resolved by docker-compose itself (anchors, ``.env``, interpolation).
 
-Shared by the compose checks (tests/test_compose.py) and the loopback run of the same services
-(tests/test_production.py). ``docker-compose config`` only reads files: no Docker engine is needed.
+Shared by the compose checks (tests/integration/test_compose.py) and the loopback run of the same services
+(tests/integration/test_production.py). ``docker-compose config`` only reads files: no Docker engine is needed.
 """
 
 from __future__ import annotations

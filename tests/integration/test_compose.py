@@ -1,7 +1,7 @@
 """Checks of the production compose stack without a Docker engine: docker-compose.yaml, .env.example,
 scripts/make-env.py and the Dockerfile, validated by Debian's docker-compose and cross-checked with the code.
 
-The running topology is tests/test_production.py (same services on loopback).
+The running topology is tests/integration/test_production.py (same services on loopback).
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def screen_passes(checks: list[Check], frame: pd.DataFrame) -> bool:
     Vectorised numpy/pandas, no GX import (~5 s per task process): a clean partition costs what the
     same checks cost in plain pandas. It only ever says "pass": a False sends the partition to GX,
     whose result is the verdict and the report. So it may be stricter than GX (nulls in a unique key,
-    extension dtypes, an empty day all go to GX), never looser; ``tests/test_validation.py`` checks that
+    extension dtypes, an empty day all go to GX), never looser; ``tests/unit/test_validation.py`` checks that
     on clean and corrupted days.
     """
     import numpy as np
