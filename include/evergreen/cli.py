@@ -95,8 +95,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
             reason=args.reason,
         )
     except RegistryError as exc:
-        print(f"rollback refused: {exc}", file=sys.stderr)
-        return 1
+        print(f"evergreen rollback: refused: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(decision, indent=2, sort_keys=True, default=str))
     return 0
 
@@ -155,13 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from evergreen.errors import EvergreenError
     from evergreen.spec import SpecError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except SpecError as exc:
-        print(str(exc), file=sys.stderr)
+    except (SpecError, EvergreenError) as exc:  # the user's input or data: a message, not a traceback
+        print(f"evergreen {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

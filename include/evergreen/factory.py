@@ -30,7 +30,7 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from evergreen.errors import DataQualityError, MissingDataError, RegistryError
-from evergreen.spec import PipelineSpec, load_specs
+from evergreen.spec import PipelineSpec, load_valid_specs
 
 DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
 
@@ -513,7 +513,8 @@ def build_dags(specs: dict[str, PipelineSpec] | None = None) -> dict[str, DAG]:
     """
     wanted = get_parsing_context().dag_id
     dags: dict[str, DAG] = {}
-    for spec in (specs or load_specs()).values():
+    # Invalid spec files are skipped here and reported by dags/evergreen_spec_errors.py.
+    for spec in (specs or load_valid_specs()[0]).values():
         for kind, builder in BUILDERS.items():
             if wanted is None or wanted == spec.dag_id(kind):
                 built = builder(spec)

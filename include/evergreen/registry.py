@@ -363,6 +363,15 @@ def promote_if_better(
     })
 
 
+def _require_version(client: Any, name: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"{name} has no version {version}") from exc
+
+
 def rollback(
     spec: PipelineSpec,
     *,
@@ -384,7 +393,7 @@ def rollback(
         raise RegistryError(f"{name} has no {PREVIOUS_CHAMPION}; pass target_version explicitly")
     if target == current:
         raise RegistryError(f"version {target} of {name} is already the champion")
-    client.get_model_version(name, target)  # raises if the version does not exist
+    _require_version(client, name, target)
     _set_alias(client, name, PREVIOUS_CHAMPION, current)
     _set_alias(client, name, CHAMPION, target)
     _tag_version(client, name, target, {Tag.DECISION: "rolled_back", Tag.DECIDED_AT: decided.isoformat(),

@@ -325,22 +325,43 @@ def spec_files(extra_dir: str | None = None) -> list[Path]:
     return files
 
 
-def load_specs(extra_dir: str | None = None) -> dict[str, PipelineSpec]:
-    """Every spec by name; two files declaring the same name is an error."""
+def load_valid_specs(extra_dir: str | None = None) -> tuple[dict[str, PipelineSpec], list[SpecError]]:
+    """Every spec that parses, by name, and the error of each file that does not.
+
+    One bad file must not take the other specs' DAGs down with it: the DAG factory builds the valid ones
+    and ``dags/evergreen_spec_errors.py`` reports the rest as an import error naming file and field. A
+    second file declaring a name already taken is an error of that second file.
+    """
     specs: dict[str, PipelineSpec] = {}
     origin: dict[str, Path] = {}
+    errors: list[SpecError] = []
     for path in spec_files(extra_dir):
-        spec = load_spec(path)
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            errors.append(exc)
+            continue
         if spec.name in specs:
-            raise SpecError(f"spec name {spec.name!r} is declared by both {origin[spec.name]} and {path}")
+            errors.append(SpecError(f"spec name {spec.name!r} is declared by both {origin[spec.name]} and {path}"))
+            continue
         specs[spec.name] = spec
         origin[spec.name] = path
+    return specs, errors
+
+
+def load_specs(extra_dir: str | None = None) -> dict[str, PipelineSpec]:
+    """Every spec by name; any invalid file (or two files declaring the same name) is an error."""
+    specs, errors = load_valid_specs(extra_dir)
+    if errors:
+        raise SpecError("\n".join(str(e) for e in errors))
     return specs
 
 
 def get_spec(name: str) -> PipelineSpec:
-    specs = load_specs()
+    """The spec named ``name`` (another file being invalid does not stop it from loading)."""
+    specs, errors = load_valid_specs()
     try:
         return specs[name]
     except KeyError:
-        raise SpecError(f"no spec named {name!r}; known: {sorted(specs)}") from None
+        invalid = "".join(f"\n{e}" for e in errors)
+        raise SpecError(f"no valid spec named {name!r}; known: {sorted(specs)}{invalid}") from None

@@ -27,7 +27,8 @@ def _train(as_of: dt.date, **conf):
 
 
 @pytest.mark.slow
-def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_uri: str) -> None:
+def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_uri: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
     spec = get_spec("fraud")
     client = MlflowClient()
     # v1 learns from noisy labels: good enough for the gates, beatable later on the same holdout.
@@ -87,6 +88,12 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
     assert str(rollback_run.state) == "success", task_states(rollback_run)
     assert registry.alias_version(client, "fraud", "champion") == "1"
     assert registry.alias_version(client, "fraud", "previous_champion") == "2"
+    # An unknown version is refused with one line naming it, exit 2, and nothing moves.
+    capsys.readouterr()
+    assert cli_main(["rollback", "--spec", "fraud", "--to-version", "999", "--reason", "typo"]) == 2
+    refused = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evergreen ")]
+    assert refused == ["evergreen rollback: refused: fraud has no version 999"]
+    assert registry.alias_version(client, "fraud", "champion") == "1"
     assert cli_main(["rollback", "--spec", "fraud", "--to-version", "2", "--reason", "undo"]) == 0
     assert registry.alias_version(client, "fraud", "champion") == "2"
     kinds = [d["kind"] for d in registry.decision_history(spec)]
