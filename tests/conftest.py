@@ -59,13 +59,21 @@ def storage_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh MLflow tracking + registry store (SQLite, artifacts under tmp_path) for one test."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.setenv("EVERGREEN_MLFLOW_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
-    return uri
+    # MLflow keeps a process-wide URI once anyone sets one (and it wins over the environment): set ours.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="session")

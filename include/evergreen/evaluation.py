@@ -296,11 +296,8 @@ def _known_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 SCORE_CHUNK_ROWS = 500_000  # the model's working copies of its input stay bounded on multi-million-row holdouts
 
 
-def score_frame(model_uri: str, holdout: pd.DataFrame) -> np.ndarray:
-    """Predict with a logged pyfunc on the columns its signature asks for, in bounded chunks of rows."""
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(model_uri)
+def score_frame(model: Any, holdout: pd.DataFrame) -> np.ndarray:
+    """Predict with a loaded pyfunc on the columns its signature asks for, in bounded chunks of rows."""
     schema = model.metadata.get_input_schema()
     frame = holdout[schema.input_names()] if schema is not None else holdout
     parts = [np.asarray(model.predict(frame.iloc[start:start + SCORE_CHUNK_ROWS]), dtype=float).reshape(-1)
@@ -324,7 +321,9 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     holdout = tracking.download_holdout(run_id)
     y_true = holdout[spec.target.name].to_numpy(dtype=float)
 
-    challenger_pred = score_frame(tracking.model_uri_of(run_id, tags), holdout)
+    challenger = tracking.load_verified_model(tracking.model_uri_of(run_id, tags),
+                                              tracking.model_manifest(tags, f"challenger run {run_id}"))
+    challenger_pred = score_frame(challenger, holdout)
     challenger_metrics = compute_metrics(spec.task_type, y_true, challenger_pred)
 
     baseline_run_id = tags.get(Tag.BASELINE_RUN_ID)
@@ -335,7 +334,10 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     if champion is not None:
         # A champion that cannot score this holdout (e.g. the feature list changed) raises: an operator
         # must decide, silently treating it as "no champion" would auto-promote anything.
-        champion_pred = score_frame(registry.version_uri(spec, champion.version), holdout)
+        champion_model = tracking.load_verified_model(
+            registry.version_uri(spec, champion.version),
+            tracking.model_manifest(champion.tags, f"{spec.registered_model_name} version {champion.version}"))
+        champion_pred = score_frame(champion_model, holdout)
         champion_metrics = compute_metrics(spec.task_type, y_true, champion_pred)
 
     slice_metrics: dict[str, dict[str, float]] = {}

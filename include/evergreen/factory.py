@@ -288,7 +288,8 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
         def evaluate_gates(trained: dict[str, Any]) -> dict[str, Any]:
             from evergreen import evaluation
 
-            return evaluation.evaluate_challenger(spec, trained["run_id"])
+            with data_errors_fail_fast(spec):  # a tampered model is an integrity failure: no retry
+                return evaluation.evaluate_challenger(spec, trained["run_id"])
 
         @task(multiple_outputs=False, retries=0)
         def promote_if_better(trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:

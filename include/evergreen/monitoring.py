@@ -58,7 +58,7 @@ def score_partition(spec: PipelineSpec, ds: dt.date, models: dict[str, str] | No
     name = spec.registered_model_name
     parts = []
     for role, version in models.items():
-        scores = score_frame(registry.version_uri(spec, version), frame) if len(frame) else []
+        scores = score_frame(registry.load_version(spec, version), frame) if len(frame) else []
         part = frame[[*spec.entity_keys, spec.timestamp_column]].copy()
         part["model_role"] = pd.Series([role] * len(frame), dtype="str", index=frame.index)
         part["model_version"] = pd.Series([version] * len(frame), dtype="str", index=frame.index)

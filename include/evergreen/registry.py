@@ -142,6 +142,17 @@ def serving_versions(spec: PipelineSpec, client: Any | None = None) -> dict[str,
     return versions
 
 
+def load_version(spec: PipelineSpec, version: str | int, client: Any | None = None) -> Any:
+    """A registered version as a pyfunc, its artifacts verified against the hashes recorded at training."""
+    from evergreen import tracking
+
+    client = client or _client()
+    name = spec.registered_model_name
+    tags = client.get_model_version(name, str(version)).tags
+    return tracking.load_verified_model(version_uri(spec, version),
+                                        tracking.model_manifest(tags, f"{name} version {version}"))
+
+
 def version_uri(spec: PipelineSpec, version: str | int) -> str:
     """``models:/<name>/<version>``: a pinned version (an alias URI could move under a running task)."""
     return f"models:/{spec.registered_model_name}/{version}"

@@ -54,6 +54,11 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
     )
 
 
+def forbid_pickled_models() -> None:
+    """Make MLflow refuse to unpickle a model in this process (Evergreen's models are models from code)."""
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+
+
 def current() -> Settings:
     """The settings of the current environment."""
     return _parse(tuple(os.environ.get(name) for name in NAMES))

@@ -51,6 +51,7 @@ class Tag:
     ROLE = "evergreen.role"  # challenger | baseline
     CHALLENGER_RUN_ID = "evergreen.challenger_run_id"  # on the baseline run
     MODEL_URI = "evergreen.model_uri"
+    MODEL_SHA256 = "evergreen.model_sha256"  # {artifact file: sha256} of the logged model, checked on load
     BASELINE_RUN_ID = "evergreen.baseline_run_id"
     GATES_PASSED = "evergreen.gates_passed"
     DECISION = "evergreen.decision"
@@ -266,7 +267,6 @@ def model_signature(spec: PipelineSpec) -> Any:
 
 def pip_requirements() -> list[str]:
     """Pinned to what trained the model; listed explicitly because inferring them costs seconds."""
-    import cloudpickle
     import mlflow
     import numpy as np
     import pandas as pd
@@ -278,33 +278,80 @@ def pip_requirements() -> list[str]:
         f"xgboost=={xgb.__version__}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
-        f"cloudpickle=={cloudpickle.__version__}",
         f"scikit-learn=={sklearn.__version__}",
     ]
 
 
 def log_model(spec: PipelineSpec, booster: Any, schema: Any, example: pd.DataFrame, data_digest: str,
-              workdir: Path) -> str:
-    """Log the served pyfunc (booster + feature schema, the model code pickled by value); return its URI."""
+              workdir: Path) -> tuple[str, dict[str, str]]:
+    """Log the served pyfunc as models from code (``training/model.py``, the booster as ``.ubj``, the feature
+    schema as JSON; no pickle). Returns its URI and the sha256 of every file of the logged model."""
     import mlflow
 
-    from evergreen.training.model import EvergreenXGBModel, pickle_by_value
+    from evergreen.training import model as model_code
 
     booster_path = workdir / "model.ubj"
     booster.save_model(str(booster_path))
     schema_path = workdir / FEATURE_SCHEMA_ARTIFACT
     schema_path.write_text(json.dumps(schema.to_dict(), sort_keys=True), encoding="utf-8")
-    with pickle_by_value():
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=EvergreenXGBModel(),
-            artifacts={"booster": str(booster_path), "feature_schema": str(schema_path)},
-            signature=model_signature(spec),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            metadata={Tag.SPEC: spec.name, Tag.DATA_DIGEST: data_digest},
-        )
-    return info.model_uri
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=str(Path(model_code.__file__)),
+        artifacts={"booster": str(booster_path), "feature_schema": str(schema_path)},
+        signature=model_signature(spec),
+        input_example=example,
+        pip_requirements=pip_requirements(),
+        metadata={Tag.SPEC: spec.name, Tag.DATA_DIGEST: data_digest},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=tmp)
+        manifest = file_hashes(Path(local))
+    return info.model_uri, manifest
+
+
+# Written by the MLflow client itself when it downloads a registered version (name and version, not
+# fetched from the artifact store), so never part of what was logged.
+DOWNLOAD_METADATA = frozenset({"registered_model_meta"})
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory``."""
+    return {path.relative_to(directory).as_posix(): storage.sha256_bytes(path.read_bytes())
+            for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.relative_to(directory).as_posix() not in DOWNLOAD_METADATA}
+
+
+def model_manifest(tags: Mapping[str, str], where: str) -> dict[str, str]:
+    """The artifact hashes recorded at training (a run's or a model version's tags)."""
+    from evergreen.errors import IntegrityError
+
+    raw = tags.get(Tag.MODEL_SHA256)
+    if not raw:
+        raise IntegrityError(f"{where} has no recorded artifact hashes ({Tag.MODEL_SHA256}): it cannot be "
+                             "verified, so it is not loaded; retrain it")
+    return json.loads(raw)
+
+
+def load_verified_model(model_uri: str, manifest: Mapping[str, str]) -> Any:
+    """Download the model, check every file against ``manifest``, then load the checked copy (so what runs
+    is what was checked). Raises IntegrityError naming the first file that differs, is missing or extra."""
+    import mlflow
+
+    from evergreen.errors import IntegrityError
+
+    settings.forbid_pickled_models()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        found = file_hashes(local)
+        for name in sorted(set(manifest) | set(found)):
+            if name not in found:
+                raise IntegrityError(f"{model_uri}: {name} is missing from the model")
+            if name not in manifest:
+                raise IntegrityError(f"{model_uri}: {name} was added to the model after training")
+            if found[name] != manifest[name]:
+                raise IntegrityError(f"{model_uri}: {name} does not match its recorded sha256 (tampered or "
+                                     "corrupted): not loaded")
+        return mlflow.pyfunc.load_model(str(local))
 
 
 def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
@@ -382,8 +429,12 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
             mlflow.log_dict(dict(profile), PROFILE_ARTIFACT)
 
             example = holdout_frame[feature_names].head(5).reset_index(drop=True)
-            model_uri = log_model(spec, fitted.booster, schema, example, window.data_digest, tmp)
-            mlflow.set_tags({Tag.MODEL_URI: model_uri, Tag.BASELINE_RUN_ID: baseline_run_id})
+            model_uri, manifest = log_model(spec, fitted.booster, schema, example, window.data_digest, tmp)
+            manifest_json = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+            if len(manifest_json) > MAX_TAG:
+                raise ValueError(f"the model's artifact manifest ({len(manifest_json)} chars) exceeds a tag")
+            mlflow.set_tags({Tag.MODEL_URI: model_uri, Tag.BASELINE_RUN_ID: baseline_run_id,
+                             Tag.MODEL_SHA256: manifest_json})
             steps.mark("mlflow_logging")
             mlflow.log_dict(steps.to_dict(), STEPS_ARTIFACT)
     return {"run_id": run_id, "baseline_run_id": baseline_run_id, "model_uri": model_uri,

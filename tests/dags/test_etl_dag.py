@@ -135,3 +135,19 @@ def test_missing_or_empty_day_follows_the_spec(storage_root: Path, policy: str, 
         etl.validate_raw_partition(spec, DAYS[0])
     assert type(no_rows.value).__name__ == expected
     assert storage.list_partitions("features", "fraud") == {}
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_integrity_failures_never_retry_or_skip(storage_root: Path, policy: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+    from evergreen.etl import ingest as etl
+    from evergreen.factory import data_errors_fail_fast
+
+    spec = FRAUD.model_copy(update={"etl": FRAUD.etl.model_copy(update={"on_missing_day": policy})})
+    land_days(spec, DAYS[0], DAYS[0])
+    etl.run_feature_etl(spec, DAYS[0])
+    directory = storage.partition_dir("features", "fraud", DAYS[0])
+    data_file = next(p for p in directory.iterdir() if p.name.startswith("part-"))
+    data_file.write_bytes(data_file.read_bytes()[:-10])  # truncated after publication
+    with pytest.raises(AirflowFailException, match="does not match its manifest hash"), data_errors_fail_fast(spec):
+        storage.read_partition(directory)
