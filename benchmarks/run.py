@@ -377,10 +377,9 @@ class Bench:
         extra_env = {"EVERGREEN_SPECS_DIR": str(data.SPECS_DIR)}
         database = _fresh_postgres_database("evergreen_bench_backfill")
         if database:
-            # The scheduler's metadata database in production. On SQLite, creating a 90-run backfill
-            # while the scheduler writes is refused ("database is locked") often enough to spoil a run.
+            # The system server when there is one (as in production); else the stack's embedded one.
             extra_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = database
-        self.notes.append(f"backfill metadata database: {'PostgreSQL' if database else 'SQLite'}")
+        self.notes.append(f"backfill metadata database: PostgreSQL ({'127.0.0.1:5432' if database else 'embedded'})")
         stack = LocalStack(home, storage_root, airflow_port=free_port(), dag_refresh_seconds=5,
                            extra_env=extra_env)
         try:

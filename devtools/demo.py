@@ -306,7 +306,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
         timings[name] = time.monotonic() - started
 
     say(f"home {home}")
-    say("starting Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite) + MLflow ...")
+    say("starting Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor, PostgreSQL) + MLflow ...")
     started = time.monotonic()
     stack.start(wait_for_dags=[ETL_DAG, TRAINING_DAG, ROLLBACK_DAG, MONITOR_DAG, SENSOR_DAG], timeout=300)
     step("start stack", started)
@@ -394,6 +394,9 @@ def status(home: Path) -> int:
     if state.get("mlflow_url"):
         say(f"  MLflow UI  {state['mlflow_url']}")
     say(f"  storage    {state.get('storage_root')}")
+    database = state.get("database") or {}
+    for purpose, url in sorted((database.get("urls") or {}).items()):
+        say(f"  database   {purpose}: {url} ({database.get('kind')})")
     alive = all(p.get("alive") for p in state.get("processes", []))
     return 0 if alive else 1
 

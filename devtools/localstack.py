@@ -6,10 +6,12 @@ Used by ``make demo`` and the scheduler tests. Everything it writes lives under 
     <home>/logs/<name>.log     stdout+stderr of each process
     <home>/stack.json          the pidfile: pids, ports, URLs (read by ``stop_from_pidfile``)
     <home>/secrets.json        JWT / API / Fernet secrets and the admin password, reused across restarts
-    <home>/mlflow/             MLflow backend (SQLite) and artifacts
+    <home>/mlflow/             MLflow artifacts
+    <home>/postgres/           the embedded PostgreSQL server (devtools.database) unless EVERGREEN_DATABASE_URL
 
-The stack runs the LocalExecutor on SQLite with the SimpleAuthManager (user ``admin``), DAGs paused at
-creation, and by default no schedule-driven runs (``scheduled_runs=False``): only backfills and
+Airflow's metadata DB and MLflow's backend store are PostgreSQL databases (never SQLite: it is not safe
+for the scheduler, the API server and the task processes writing at once). The stack runs the
+LocalExecutor with the SimpleAuthManager (user ``admin``), DAGs paused at creation, and by default no schedule-driven runs (``scheduled_runs=False``): only backfills and
 triggered runs execute, so nothing runs by surprise. No Airflow import here: subprocesses and urllib.
 """
 
@@ -32,6 +34,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from devtools.database import Database, for_home, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 PIDFILE = "stack.json"
@@ -150,6 +154,8 @@ def stop_from_pidfile(home: str | os.PathLike[str], timeout: float = 30.0) -> li
     if state is None:
         return []
     stopped = _terminate(list(state.get("processes", [])), timeout=timeout)
+    if stop_embedded(state.get("database")):
+        stopped.append("postgres")
     (Path(home) / PIDFILE).unlink(missing_ok=True)
     return stopped
 
@@ -193,6 +199,8 @@ class LocalStack:
         scheduled_runs: bool = False,
         dag_refresh_seconds: int = 10,
         extra_env: Mapping[str, str] | None = None,
+        database: Database | None = None,
+        database_prefix: str = "evergreen",
     ) -> None:
         self.home = Path(home).resolve()
         self.storage_root = str(storage_root) if "://" in str(storage_root) else str(Path(storage_root).resolve())
@@ -204,6 +212,8 @@ class LocalStack:
         self.scheduled_runs = scheduled_runs
         self.dag_refresh_seconds = dag_refresh_seconds
         self.extra_env = dict(extra_env or {})
+        self._database = database
+        self.database_prefix = database_prefix
         self.airflow_home = self.home / "airflow"
         self.log_dir = self.home / "logs"
         self.mlflow_dir = self.home / "mlflow"
@@ -224,7 +234,7 @@ class LocalStack:
             raise StackError(f"no stack running from {home} (no {PIDFILE})")
         stack = cls(home, state["storage_root"], airflow_port=state["airflow_port"],
                     mlflow_port=state.get("mlflow_port"), repo=state.get("repo", REPO),
-                    bin_dir=state.get("bin_dir"))
+                    bin_dir=state.get("bin_dir"), database_prefix=state.get("database_prefix", "evergreen"))
         stack._entries = list(state.get("processes", []))
         return stack
 
@@ -267,7 +277,14 @@ class LocalStack:
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        return self.mlflow_url or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        return self.mlflow_url or self.database.url("mlflow")
+
+    @property
+    def database(self) -> Database:
+        """The PostgreSQL databases of this stack (``devtools.database.for_home``), started if embedded."""
+        if self._database is None:
+            self._database = for_home(self.home, prefix=self.database_prefix)
+        return self._database
 
     def env(self) -> dict[str, str]:
         """The environment of every Airflow process (and of ``airflow`` CLI calls against this stack)."""
@@ -294,7 +311,7 @@ class LocalStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
             "AIRFLOW__CORE__FERNET_KEY": self.secrets["fernet_key"],
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database.url("airflow"),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.airflow_port),
             "AIRFLOW__API__BASE_URL": self.airflow_url,
@@ -352,6 +369,8 @@ class LocalStack:
             "passwords_file": str(self.passwords_file),
             "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "processes": self._entries,
+            "database": self._database.describe() if self._database else None,
+            "database_prefix": self.database_prefix,
         }
         tmp = self.pidfile.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -404,10 +423,11 @@ class LocalStack:
         if "://" not in self.storage_root:
             Path(self.storage_root).mkdir(parents=True, exist_ok=True)
         self._entries = []
-        self._write_pidfile()
-        self._write_passwords()
         deadline = time.monotonic() + timeout
         try:
+            self.database.create_databases(fresh=True)  # a new stack starts from empty databases
+            self._write_pidfile()
+            self._write_passwords()
             if self.mlflow_port:
                 self._start_mlflow()
             self._run_cli("db-migrate", [str(self.bin_dir / "airflow"), "db", "migrate"], timeout=timeout)
@@ -444,7 +464,7 @@ class LocalStack:
         env = {k: v for k, v in self.env().items() if not k.startswith("MLFLOW_")}
         self._spawn("mlflow", [
             str(self.bin_dir / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{self.mlflow_dir / 'mlflow.db'}",
+            "--backend-store-uri", self.database.url("mlflow"),
             "--artifacts-destination", str(artifacts),
             "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(self.mlflow_port),
@@ -518,6 +538,8 @@ class LocalStack:
                 proc.wait(timeout=1)
         self._procs.clear()
         self._entries = []
+        if self._database is not None and stop_embedded(self._database.describe()):
+            stopped.append("postgres")
         self.pidfile.unlink(missing_ok=True)
         return stopped
 
