@@ -35,6 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             yield local
         finally:
             local.stop()
+    assert not (home / "postgres" / "postmaster.pid").exists()  # the embedded server stopped with the stack
 
 
 def _storage(stack: LocalStack) -> Path:
@@ -108,3 +109,12 @@ def test_corrupt_raw_data_fails_fast_and_is_quarantined(stack: LocalStack, backf
     # No feature partition for the bad day; the backfilled ones are untouched.
     assert _published(stack) == {f"ds={d.isoformat()}" for d in DAYS}
     assert f"ds={CORRUPT_DAY.isoformat()}" not in _partition_dirs(stack)
+
+
+def test_every_process_uses_postgresql(stack: LocalStack) -> None:
+    env = stack.env()
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://evergreen:")
+    assert env["MLFLOW_TRACKING_URI"].startswith("postgresql+psycopg2://")  # tasks write MLflow concurrently
+    assert "sqlite" not in " ".join(env.values())
+    health = stack.health()
+    assert health["metadatabase"]["status"] == "healthy"
