@@ -9,6 +9,7 @@
     models/<spec>/decisions/<UTC time>-<kind>-<id>.json                   promotion / rollback decisions
     models/<spec>/decisions/<run id>/gates.json                           the gate report of a candidate
     models/<spec>/drift_triggers/<ds>-<report sha[:12]>.json              the retrain trigger ledger
+    models/<spec>/registry.lock                                           held while aliases change
 
 Pure string building: no I/O, no Airflow. ``ds`` is always a ``datetime.date``.
 """
@@ -69,6 +70,11 @@ def decisions(spec_name: str) -> str:
 
 def gate_report(spec_name: str, run_id: str) -> str:
     return f"{decisions(spec_name)}/{run_id}/gates.json"
+
+
+def registry_lock(spec_name: str) -> str:
+    """Held while a promotion or rollback changes the registry aliases (see ``registry.registry_lock``)."""
+    return f"{MODELS}/{spec_name}/registry.lock"
 
 
 def trigger_ledger(spec_name: str) -> str:

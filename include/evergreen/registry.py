@@ -12,11 +12,13 @@ in (``decided_at``, e.g. the Airflow logical date) so a rerun rewrites the same 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Generator, Mapping
 from typing import Any
 
 from evergreen import layout, settings, storage
@@ -30,6 +32,54 @@ CHAMPION = "champion"
 PREVIOUS_CHAMPION = "previous_champion"
 CHALLENGER = "challenger"
 CHAMPION_CHANGING_KINDS = frozenset({"promoted", "rolled_back"})
+LOCK_TTL_SECONDS = 600.0  # a holder that died frees the lock after this (far longer than any promotion)
+LOCK_WAIT_SECONDS = 120.0
+
+
+# ------------------------------------------------------------------------------------ registry lock
+
+
+@contextlib.contextmanager
+def registry_lock(spec: PipelineSpec, owner: str, *, wait_seconds: float = LOCK_WAIT_SECONDS,
+                  ttl_seconds: float = LOCK_TTL_SECONDS) -> Generator[None, None, None]:
+    """Hold the spec's registry lock while aliases change: one promotion or rollback at a time, across
+    processes and machines.
+
+    MLflow has no conditional alias update, so promoters serialise on an object in the storage root that
+    only one can create (``storage.create_exclusive``: ``O_EXCL`` locally, ``If-None-Match`` on S3). A lock
+    older than ``ttl_seconds`` belongs to a holder that died and is taken over. Expiry and takeover use
+    wall-clock time: they are about real processes, not about data time. Raises RegistryError when the
+    lock stays held for ``wait_seconds``.
+    """
+    path = storage.at(layout.registry_lock(spec.name))
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        now = dt.datetime.now(dt.UTC)
+        body = {"owner": owner, "token": token, "acquired_at": now.isoformat(),
+                "expires_at": (now + dt.timedelta(seconds=ttl_seconds)).isoformat()}
+        if storage.create_exclusive(path, storage.canonical_json(body)):
+            break
+        try:
+            held = storage.read_json(path)
+        except (FileNotFoundError, ValueError):  # released (or being written) between our two calls
+            continue
+        if dt.datetime.fromisoformat(held["expires_at"]) < now:
+            log.warning("taking over the expired registry lock of %s held by %s since %s", spec.name,
+                        held.get("owner"), held.get("acquired_at"))
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(f"the registry of {spec.name} stayed locked by {held.get('owner')} "
+                                f"(since {held.get('acquired_at')}) for {wait_seconds:g} s")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if storage.read_json(path).get("token") == token:
+                path.unlink()
 
 
 # ------------------------------------------------------------------------------------ decision log
@@ -284,8 +334,19 @@ def promote_if_better(
 
     Decision kinds: ``rejected`` (gates failed, nothing registered), ``registered`` (passed but did not
     beat the champion, or the champion moved since evaluation), ``promoted``, ``dry_run`` (storage record
-    only, ``outcome`` says what would have happened). Returns the recorded decision.
+    only, ``outcome`` says what would have happened). Returns the recorded decision. Everything but a dry
+    run happens under the registry lock.
     """
+    if dry_run:
+        return _promote(spec, run_id, gate_report, dry_run=True, actor=actor, decided_at=decided_at,
+                        settle_seconds=settle_seconds)
+    with registry_lock(spec, actor):
+        return _promote(spec, run_id, gate_report, dry_run=False, actor=actor, decided_at=decided_at,
+                        settle_seconds=settle_seconds)
+
+
+def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *, dry_run: bool, actor: str,
+             decided_at: dt.datetime | None, settle_seconds: float | None) -> dict[str, Any]:
     decided = _utc(decided_at)
     # Wait between moving the alias and verifying it (see _compare_and_set_champion); tests shorten it.
     settle = settings.current().cas_settle_seconds if settle_seconds is None else settle_seconds
@@ -346,6 +407,11 @@ def promote_if_better(
            for g in gate_report.get("gates", [])},
     }
     version = _find_or_register(client, name, run_id, model_uri, version_tags)
+    if champion_before == version:
+        # A retried (or doubled) promotion of the champion: its decision is recorded already.
+        earlier = [r for r in decision_history(spec) if r["kind"] == "promoted" and r.get("version") == version]
+        if earlier:
+            return earlier[-1]
     _tag_version(client, name, version, version_tags)
     _set_alias(client, name, CHALLENGER, version)
     record["version"] = version
@@ -392,7 +458,14 @@ def rollback(
     decided_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Make ``target_version`` (default: ``previous_champion``) champion; the old champion becomes
-    ``previous_champion``. Versions and history are kept; returns the ``rolled_back`` decision."""
+    ``previous_champion``. Versions and history are kept; returns the ``rolled_back`` decision. Under the
+    registry lock, so a rollback and a promotion never interleave."""
+    with registry_lock(spec, actor):
+        return _rollback(spec, target_version=target_version, actor=actor, reason=reason, decided_at=decided_at)
+
+
+def _rollback(spec: PipelineSpec, *, target_version: str | None, actor: str, reason: str,
+              decided_at: dt.datetime | None) -> dict[str, Any]:
     decided = _utc(decided_at)
     name = spec.registered_model_name
     client = _client()

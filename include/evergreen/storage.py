@@ -106,6 +106,36 @@ def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
         fh.write(data)
 
 
+def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` only if it does not exist; True if this call created it.
+
+    A conditional create: ``O_EXCL`` on a local filesystem, ``If-None-Match: *`` on S3, so exactly one of
+    any number of concurrent callers, on any machines, wins.
+    """
+    if is_local(path):
+        target = Path(path.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    try:
+        with path.open("xb") as fh:
+            fh.write(data)
+    except FileExistsError:
+        return False
+    except OSError as exc:  # s3fs reports a failed If-None-Match without its condition as EINVAL
+        if "precondition" in str(exc).lower():
+            return False
+        raise
+    return True
+
+
 def write_json_atomic(path: ObjectStoragePath, obj: Any) -> str:
     """Write canonical JSON atomically; return its sha256."""
     data = canonical_json(obj)

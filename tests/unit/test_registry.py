@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,50 +193,106 @@ def test_stale_evaluation_is_not_promoted(env: dict[str, Any]) -> None:
     assert alias(client, name, "champion") == "2"
 
 
+def _race(*calls: Any) -> list[Any]:
+    """Run the calls in threads at once; their results in order (a thread's exception is re-raised)."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # surfaced below: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not errors, errors
+    return results
+
+
 def test_concurrent_promoters_exactly_one_wins(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     spec, client, name = env["spec"], env["client"], env["name"]
     evaluate_and_promote(env, "weak", T0)
     reports = {run: evaluate_challenger(spec, env[run]) for run in ("strong_a", "strong_b")}
     assert all(r["champion_version"] == "1" and r["beats_champion"] for r in reports.values())
-    monkeypatch.setenv(settings.CAS_SETTLE_SECONDS, "0.5")
-
-    # Worst case: both promoters have read (and compared) the old champion before either moves it.
-    barrier = threading.Barrier(2, timeout=60)
-    original = MlflowClient.set_registered_model_alias
-
-    def racing_set(self: MlflowClient, model: str, which: str, version: str) -> None:
-        if which == "champion":
-            barrier.wait()
-        original(self, model, which, version)
-
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", racing_set)
-    results: dict[str, dict[str, Any]] = {}
-    errors: list[BaseException] = []
-
-    def promote(run: str) -> None:
-        try:
-            results[run] = promote_if_better(spec, env[run], reports[run], dry_run=False, actor=run,
-                                             decided_at=T0 + dt.timedelta(days=1))
-        except BaseException as exc:  # surfaced below: a thread's exception would otherwise vanish
-            errors.append(exc)
-
     # Versions exist before the race so the threads only contend on the alias.
     for run in ("strong_a", "strong_b"):
         mlflow.register_model(model_uri(client, env[run]), name)
-    threads = [threading.Thread(target=promote, args=(run,)) for run in ("strong_a", "strong_b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    kinds = sorted(r["kind"] for r in results.values())
-    assert kinds == ["promoted", "registered"]
-    winner = next(r for r in results.values() if r["kind"] == "promoted")
-    loser = next(r for r in results.values() if r["kind"] == "registered")
+
+    # The probe of issue 11: the first writer stalls 3 s between its read and its write (longer than the
+    # settle wait). Without a lock both reported a win; under the registry lock the second one waits.
+    original = MlflowClient.set_registered_model_alias
+    stalled: list[str] = []
+
+    def slow_first_set(self: MlflowClient, model: str, which: str, version: str) -> None:
+        if which == "champion" and not stalled:
+            stalled.append(version)
+            time.sleep(3.0)
+        original(self, model, which, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", slow_first_set)
+    results = _race(*(lambda run=run: promote_if_better(spec, env[run], reports[run], dry_run=False, actor=run,
+                                                         decided_at=T0 + dt.timedelta(days=1), settle_seconds=0.5)
+                      for run in ("strong_a", "strong_b")))
+    assert sorted(r["kind"] for r in results) == ["promoted", "registered"]
+    winner = next(r for r in results if r["kind"] == "promoted")
+    loser = next(r for r in results if r["kind"] == "registered")
+    assert winner["version"] == stalled[0]  # the stalled writer held the lock: it is the one that won
     assert alias(client, name, "champion") == winner["version"]
     assert alias(client, name, "previous_champion") == "1"
+    assert winner["previous_champion"] == "1" and winner["champion_before"] == "1"
     assert "champion changed concurrently" in loser["reasons"][0]
     assert loser["champion_after"] == winner["version"]
+    promoted = [d for d in decision_history(spec) if d["kind"] == "promoted"]
+    assert [d["version"] for d in promoted] == ["1", winner["version"]]  # one record per version
+    assert not storage.at(f"models/{spec.name}/registry.lock").exists()  # released
+
+
+def test_a_doubled_promotion_records_once(env: dict[str, Any]) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    evaluate_and_promote(env, "weak", T0)
+    report = evaluate_challenger(spec, env["strong_a"])
+    first, second = _race(*(lambda: promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="twice",
+                                                       decided_at=T0 + dt.timedelta(days=1))
+                            for _ in range(2)))
+    assert first == second and first["kind"] == "promoted" and first["version"] == "2"
+    assert first["champion_before"] == "1"  # never "2 -> 2"
+    assert alias(client, name, "previous_champion") == "1"
+    assert [d["version"] for d in decision_history(spec) if d["kind"] == "promoted"] == ["1", "2"]
+
+
+def test_a_promotion_and_a_rollback_serialise(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, client, name = env["spec"], env["client"], env["name"]
+    evaluate_and_promote(env, "weak", T0)
+    evaluate_and_promote(env, "strong_b", T0 + dt.timedelta(hours=1))  # v2 champion, v1 previous
+    report = evaluate_challenger(spec, env["strong_a"])  # against v2; equal model: registered, not promoted
+    promotion, rolled = _race(
+        lambda: promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="dag",
+                                  decided_at=T0 + dt.timedelta(hours=2)),
+        lambda: rollback(spec, actor="cli", reason="bad release", decided_at=T0 + dt.timedelta(hours=2)),
+    )
+    assert rolled["kind"] == "rolled_back" and rolled["champion_before"] == "2" and rolled["champion_after"] == "1"
+    assert promotion["kind"] == "registered"
+    assert alias(client, name, "champion") == "1"
+
+
+def test_a_held_lock_blocks_then_expires(env: dict[str, Any]) -> None:
+    from evergreen.registry import registry_lock
+
+    spec = env["spec"]
+    with registry_lock(spec, "holder"), pytest.raises(RegistryError, match="stayed locked by holder"):
+        with registry_lock(spec, "waiter", wait_seconds=0.5):
+            pass
+    # A holder that died: its lock expires and is taken over.
+    lock = storage.at(f"models/{spec.name}/registry.lock")
+    storage.write_json_atomic(lock, {"owner": "dead", "token": "x", "acquired_at": "2026-01-01T00:00:00+00:00",
+                                     "expires_at": "2026-01-01T00:10:00+00:00"})
+    with registry_lock(spec, "next", wait_seconds=5):
+        assert storage.read_json(lock)["owner"] == "next"
+    assert not lock.exists()
 
 
 def test_champion_on_answers_by_date(env: dict[str, Any]) -> None:
