@@ -64,3 +64,39 @@ def test_tampered_data_file_is_detected(storage_root: Path) -> None:
 def test_parquet_bytes_are_deterministic() -> None:
     frame = pd.DataFrame({"a": [1.5, None], "b": ["x", None], "t": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True)})
     assert storage.frame_to_parquet_bytes(frame) == storage.frame_to_parquet_bytes(frame.copy())
+
+
+def _exclusive_creates(path) -> list[bool]:
+    import threading
+
+    results: list[bool] = []
+    barrier = threading.Barrier(4, timeout=30)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        results.append(storage.create_exclusive(path, f"writer {i}\n".encode()))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_exclusive_create_has_one_winner_locally(storage_root: Path) -> None:
+    path = storage.at("models/demo/registry.lock")
+    assert sorted(_exclusive_creates(path)) == [False, False, False, True]
+    winner = path.read_bytes()
+    assert storage.create_exclusive(path, b"late\n") is False and path.read_bytes() == winner
+
+
+@pytest.mark.s3
+def test_exclusive_create_has_one_winner_on_s3(s3_storage: str) -> None:
+    path = storage.at("models/demo/registry.lock")
+    assert sorted(_exclusive_creates(path)) == [False, False, False, True]
+    winner = path.read_bytes()
+    assert winner.startswith(b"writer ")
+    assert storage.create_exclusive(path, b"late\n") is False and path.read_bytes() == winner
+    path.unlink()
+    assert storage.create_exclusive(path, b"again\n") is True
