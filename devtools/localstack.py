@@ -560,6 +560,19 @@ class LocalStack:
         return self._token
 
     def _request(self, method: str, url: str, body: Any = None, *, auth: bool = True, retry: bool = True) -> Any:
+        if method == "GET":
+            # Reads are idempotent: a busy API server (2 cores shared with the scheduler and the tasks) that
+            # times out once is asked again, twice at most; writes are never repeated blindly.
+            for attempt in range(3):
+                try:
+                    return self._send(method, url, body, auth=auth, retry=retry)
+                except (TimeoutError, urllib.error.URLError) as exc:
+                    if isinstance(exc, urllib.error.HTTPError) or attempt == 2:
+                        raise
+                    time.sleep(2 * (attempt + 1))
+        return self._send(method, url, body, auth=auth, retry=retry)
+
+    def _send(self, method: str, url: str, body: Any = None, *, auth: bool = True, retry: bool = True) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if data is not None:
@@ -574,7 +587,7 @@ class LocalStack:
             detail = exc.read().decode("utf-8", errors="replace")
             if exc.code == 401 and auth and retry:
                 self.token(refresh=True)
-                return self._request(method, url, body, auth=auth, retry=False)
+                return self._send(method, url, body, auth=auth, retry=False)
             raise StackError(f"{method} {url} -> HTTP {exc.code}: {detail[:2000]}") from exc
         return json.loads(payload) if payload else None
 
