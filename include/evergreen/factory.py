@@ -383,7 +383,7 @@ def build_drift_monitor_dag(spec: PipelineSpec) -> DAG:
 ### Drift monitor for `{spec.name}`
 
 Runs when a feature partition is published (asset `features/{spec.name}`) and daily as a catch-up.
-Every published partition without a current report is:
+Every published partition without a current report (the champion loaded once per run) is:
 
 1. scored with `models:/{spec.registered_model_name}@champion` (and `@challenger` as shadow predictions) into
    `predictions/{spec.name}/ds=.../` (manifest, model version in every row);
@@ -408,12 +408,12 @@ Reruns are idempotent (one report per partition); a day missed while the schedul
 
             return monitoring.pending_partitions(spec)
 
-        @task(multiple_outputs=False, map_index_template="{{ task.op_kwargs['day'] }}", max_active_tis_per_dagrun=2)
-        def monitor_partition(day: str) -> dict[str, Any]:
+        @task(multiple_outputs=False)
+        def monitor_partitions(days: list[str]) -> list[dict[str, Any]]:
             from evergreen import monitoring
 
-            with data_errors_fail_fast(spec):
-                return monitoring.monitor_partition(spec, dt.date.fromisoformat(day))
+            with data_errors_fail_fast(spec):  # the champion is loaded once for all the days
+                return monitoring.monitor_partitions(spec, [dt.date.fromisoformat(day) for day in days])
 
         @task(multiple_outputs=False, outlets=[reports_asset])
         def announce_drift_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -425,7 +425,7 @@ Reruns are idempotent (one report per partition); a day missed while the schedul
             get_current_context()["outlet_events"][reports_asset].extra = summary
             return summary
 
-        announce_drift_reports(monitor_partition.expand(day=find_unreported_partitions()))
+        announce_drift_reports(monitor_partitions(find_unreported_partitions()))
 
     return drift_monitor()
 

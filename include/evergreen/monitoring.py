@@ -36,7 +36,22 @@ def scoring_models(spec: PipelineSpec) -> dict[str, str]:
     return models
 
 
-def score_partition(spec: PipelineSpec, ds: dt.date, models: dict[str, str] | None = None) -> dict[str, Any]:
+class ServingModels:
+    """The serving versions (``{"champion": v[, "challenger": v]}``), each loaded (and verified) at most once
+    however many partitions it scores."""
+
+    def __init__(self, spec: PipelineSpec, versions: Mapping[str, str] | None = None) -> None:
+        self.spec = spec
+        self.versions = dict(versions) if versions is not None else scoring_models(spec)
+        self._loaded: dict[str, Any] = {}
+
+    def model(self, version: str) -> Any:
+        if version not in self._loaded:
+            self._loaded[version] = registry.load_version(self.spec, version)
+        return self._loaded[version]
+
+
+def score_partition(spec: PipelineSpec, ds: dt.date, models: ServingModels | None = None) -> dict[str, Any]:
     """Score the day's feature partition; reuse the existing output when inputs and versions match."""
     import pandas as pd
 
@@ -46,19 +61,20 @@ def score_partition(spec: PipelineSpec, ds: dt.date, models: dict[str, str] | No
     features_manifest = storage.read_manifest(feature_dir)
     if features_manifest is None:
         raise MissingDataError(f"no published feature partition for {spec.name} ds={ds}")
-    models = models or scoring_models(spec)
+    serving = models or ServingModels(spec)
+    models_used = serving.versions
     out_dir = storage.partition_dir(layout.PREDICTIONS, spec.name, ds)
     existing = storage.read_manifest(out_dir)
     if (existing and existing.get("features_content_sha256") == features_manifest["content_sha256"]
-            and existing.get("models") == models):
-        log.info("predictions for %s ds=%s are current (models %s); nothing to do", spec.name, ds, models)
+            and existing.get("models") == models_used):
+        log.info("predictions for %s ds=%s are current (models %s); nothing to do", spec.name, ds, models_used)
         return _prediction_reference(out_dir, existing)
 
     frame = storage.read_partition(feature_dir, expected_sha256=features_manifest["content_sha256"])
     name = spec.registered_model_name
     parts = []
-    for role, version in models.items():
-        scores = score_frame(registry.load_version(spec, version), frame) if len(frame) else []
+    for role, version in models_used.items():
+        scores = score_frame(serving.model(version), frame) if len(frame) else []
         part = frame[[*spec.entity_keys, spec.timestamp_column]].copy()
         part["model_role"] = pd.Series([role] * len(frame), dtype="str", index=frame.index)
         part["model_version"] = pd.Series([version] * len(frame), dtype="str", index=frame.index)
@@ -74,12 +90,12 @@ def score_partition(spec: PipelineSpec, ds: dt.date, models: dict[str, str] | No
         "content_sha256": storage.sha256_bytes(data),
         "files": [{"name": file_name, "sha256": storage.sha256_bytes(data), "rows": len(predictions),
                    "bytes": len(data)}],
-        "models": models,
+        "models": models_used,
         "model_name": name,
         "features_content_sha256": features_manifest["content_sha256"],
     }
     storage.publish(out_dir, manifest)
-    log.info("scored %s ds=%s: %d rows with %s", spec.name, ds, len(frame), models)
+    log.info("scored %s ds=%s: %d rows with %s", spec.name, ds, len(frame), models_used)
     return _prediction_reference(out_dir, manifest)
 
 
@@ -208,11 +224,15 @@ def pending_partitions(spec: PipelineSpec, limit: int = MAX_PARTITIONS_PER_RUN) 
     return pending[:limit]
 
 
-def monitor_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
-    """Score the day (champion + shadow challenger), compare with the champion's reference, write the report."""
+def monitor_partition(spec: PipelineSpec, ds: dt.date, *, reference: ChampionReference | None = None,
+                      models: ServingModels | None = None) -> dict[str, Any]:
+    """Score the day (champion + shadow challenger), compare with the champion's reference, write the report.
+
+    ``reference`` and ``models`` let a caller monitoring many days load the champion once.
+    """
     from evergreen.drift.statistics import drift_report
 
-    reference = load_champion_reference(spec)
+    reference = reference or load_champion_reference(spec)
     feature_dir = storage.partition_dir(layout.FEATURES, spec.name, ds)
     manifest = storage.read_manifest(feature_dir) or {}
     existing = read_drift_report(spec, ds)
@@ -221,7 +241,7 @@ def monitor_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
                  existing.get("champion_version"))
         return {**_summary(existing), "key": layout.drift_report(spec.name, ds), "written": False}
 
-    scored = score_partition(spec, ds)
+    scored = score_partition(spec, ds, models)
     frame = storage.read_partition(feature_dir, expected_sha256=manifest.get("content_sha256"))
     labels = frame[spec.target.name] if spec.target.name in frame.columns else None
     report = drift_report(
@@ -240,6 +260,22 @@ def monitor_partition(spec: PipelineSpec, ds: dt.date) -> dict[str, Any]:
     log.info("drift report %s ds=%s: drift_detected=%s %s", spec.name, ds, written["drift_detected"],
              "; ".join(written["reasons"]))
     return {**written, "written": True}
+
+
+def monitor_partitions(spec: PipelineSpec, days: list[dt.date]) -> list[dict[str, Any]]:
+    """:func:`monitor_partition` for each day, the champion's reference and models loaded once for all."""
+    if not days:
+        return []
+    reference = load_champion_reference(spec)
+    models = ServingModels(spec)
+    if models.versions[registry.CHAMPION] != reference.version:
+        # The alias moved between the two reads: monitor against one champion, the one the models load.
+        reference = load_champion_reference(spec)
+    results = []
+    for i, ds in enumerate(days, start=1):
+        results.append(monitor_partition(spec, ds, reference=reference, models=models))
+        log.info("monitored %s ds=%s (%d of %d)", spec.name, ds, i, len(days))
+    return results
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -137,3 +137,29 @@ def test_a_version_without_recorded_hashes_is_not_loaded(champion: dict[str, Any
             registry.load_version(spec, "1")
     finally:
         client.set_model_version_tag(spec.registered_model_name, "1", tracking.Tag.MODEL_SHA256, recorded)
+
+
+def test_the_monitor_loads_the_champion_once_per_run(champion: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, days = champion["spec"], champion["days"][-4:]
+    loads: list[str] = []
+    references: list[str] = []
+    real_load, real_reference = registry.load_version, monitoring.load_champion_reference
+
+    def counting_load(spec_: Any, version: str, client: Any = None) -> Any:
+        loads.append(str(version))
+        return real_load(spec_, version, client)
+
+    def counting_reference(spec_: Any) -> Any:
+        reference = real_reference(spec_)
+        references.append(reference.version)
+        return reference
+
+    monkeypatch.setattr(registry, "load_version", counting_load)
+    monkeypatch.setattr(monitoring, "load_champion_reference", counting_reference)
+    results = monitoring.monitor_partitions(spec, days)
+    assert [r["ds"] for r in results] == [d.isoformat() for d in days]
+    assert all(r["written"] and r["champion_version"] == "1" for r in results)
+    assert references == ["1"]
+    assert sorted(loads) == sorted(monitoring.scoring_models(spec).values())  # each serving version once
+    assert monitoring.monitor_partitions(spec, []) == []
