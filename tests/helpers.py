@@ -3,12 +3,14 @@ here, never from each other; fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,27 @@ def airflow_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def running_stack(home: Path, dag_ids: list[str], *, unpause: bool = False) -> Generator[Any, None, None]:
+    """A LocalStack (its own embedded PostgreSQL) under ``home`` with ``dag_ids`` parsed; this process
+    reads the stack's storage root and MLflow store. Stopped, database included, on exit."""
+    from devtools.localstack import LocalStack
+
+    storage_root = home / "storage"
+    stack = LocalStack(home, storage_root, airflow_port=free_port(), dag_refresh_seconds=5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EVERGREEN_STORAGE_ROOT", str(storage_root))
+        mp.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        try:
+            stack.start(wait_for_dags=dag_ids, timeout=240)
+            for dag_id in dag_ids if unpause else ():
+                stack.unpause(dag_id)
+            yield stack
+        finally:
+            stack.stop()
 
 
 # ------------------------------------------------------------------------------------------------ DAGs

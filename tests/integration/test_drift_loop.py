@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from evergreen import monitoring
 from evergreen.spec import get_spec
-from helpers import free_port
+from helpers import running_stack
 
 from devtools import demo
 from devtools.localstack import LocalStack
@@ -27,21 +27,9 @@ DRIFT_START = AS_OF + dt.timedelta(days=1)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    home = tmp_path_factory.mktemp("loop")
-    storage = home / "storage"
-    local = LocalStack(home, storage, airflow_port=free_port(), dag_refresh_seconds=5)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EVERGREEN_STORAGE_ROOT", str(storage))
-        mp.setenv("MLFLOW_TRACKING_URI", local.mlflow_tracking_uri)
-        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        try:
-            local.start(wait_for_dags=[demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG],
-                        timeout=240)
-            for dag_id in (demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG):
-                local.unpause(dag_id)
-            yield local
-        finally:
-            local.stop()
+    with running_stack(tmp_path_factory.mktemp("loop"),
+                       [demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG], unpause=True) as local:
+        yield local
 
 
 def _training_runs(stack: LocalStack) -> dict[str, dict]:

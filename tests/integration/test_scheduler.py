@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import running_stack
 
 from devtools.localstack import LocalStack
 
@@ -26,15 +26,8 @@ CORRUPT_DAY = dt.date(2026, 10, 9)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     home = tmp_path_factory.mktemp("stack")
-    storage = home / "storage"
-    local = LocalStack(home, storage, airflow_port=free_port(), dag_refresh_seconds=5)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EVERGREEN_STORAGE_ROOT", str(storage))
-        try:
-            local.start(wait_for_dags=[ETL_DAG], timeout=240)
-            yield local
-        finally:
-            local.stop()
+    with running_stack(home, [ETL_DAG]) as local:
+        yield local
     assert not (home / "postgres" / "postmaster.pid").exists()  # the embedded server stopped with the stack
 
 
