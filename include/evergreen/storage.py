@@ -81,6 +81,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def data_digest(content_hashes: Mapping[str, str]) -> str:
+    """sha256 over the sorted ``(ds, content_sha256)`` pairs of some partitions: what a model was trained on."""
+    return sha256_bytes(canonical_json(sorted([ds, sha] for ds, sha in content_hashes.items())))
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON bytes: same object, same bytes."""
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n").encode()

@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evergreen import __version__, layout, settings, storage
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
@@ -22,7 +22,24 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from evergreen.training.window import TrainingWindow
+
+class TrainingWindow(Protocol):
+    """What tracking reads of a training window (``evergreen.training.window.TrainingWindow``); a protocol,
+    so tracking, below training, never imports it."""
+
+    as_of: dt.date
+    start: dt.date
+    data_digest: str
+    content_hashes: dict[str, str]
+    train_days: list[dt.date]
+    validation_days: list[dt.date]
+    holdout_days: list[dt.date]
+
+    @property
+    def partitions_summary(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
 
 MAX_TAG = 5000  # MLflow's limit on a tag value, in characters
 DATASET_LOG_ROWS = 1_000  # rows per split handed to mlflow.data (schema + a glimpse), not the whole split
@@ -112,9 +129,7 @@ def lineage_tags(lineage: Mapping[str, Any]) -> dict[str, str]:
 
 
 def split_digest(window: TrainingWindow, days: list[dt.date]) -> str:
-    from evergreen.training.window import data_digest
-
-    return data_digest({d.isoformat(): window.content_hashes.get(d.isoformat(), "") for d in days})
+    return storage.data_digest({d.isoformat(): window.content_hashes.get(d.isoformat(), "") for d in days})
 
 
 def plot_subset(n: int) -> np.ndarray | slice:
@@ -282,13 +297,11 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_model(spec: PipelineSpec, booster: Any, schema: Any, example: pd.DataFrame, data_digest: str,
-              workdir: Path) -> tuple[str, dict[str, str]]:
-    """Log the served pyfunc as models from code (``training/model.py``, the booster as ``.ubj``, the feature
-    schema as JSON; no pickle). Returns its URI and the sha256 of every file of the logged model."""
+def log_model(spec: PipelineSpec, code_path: Path, booster: Any, schema: Any, example: pd.DataFrame,
+              data_digest: str, workdir: Path) -> tuple[str, dict[str, str]]:
+    """Log the served pyfunc as models from code (``code_path``, the booster as ``.ubj``, the feature schema
+    as JSON; no pickle). Returns its URI and the sha256 of every file of the logged model."""
     import mlflow
-
-    from evergreen.training import model as model_code
 
     booster_path = workdir / "model.ubj"
     booster.save_model(str(booster_path))
@@ -296,7 +309,7 @@ def log_model(spec: PipelineSpec, booster: Any, schema: Any, example: pd.DataFra
     schema_path.write_text(json.dumps(schema.to_dict(), sort_keys=True), encoding="utf-8")
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
-        python_model=str(Path(model_code.__file__)),
+        python_model=str(code_path),
         artifacts={"booster": str(booster_path), "feature_schema": str(schema_path)},
         signature=model_signature(spec),
         input_example=example,
@@ -357,9 +370,10 @@ def load_verified_model(model_uri: str, manifest: Mapping[str, str]) -> Any:
 def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
                        params: Mapping[str, Any], streaming: bool, fitted: Any, holdout: Any,
                        metrics: Mapping[str, float], baseline_metrics: Mapping[str, float], baseline_kind: str,
-                       profile: Mapping[str, Any], steps: Any) -> dict[str, str]:
+                       profile: Mapping[str, Any], steps: Any, model_code: Path) -> dict[str, str]:
     """One challenger run with a nested baseline run: params, metrics, datasets, plots, the holdout, the
-    reference profile and the model. Returns ``{run_id, baseline_run_id, model_uri, experiment_id}``."""
+    reference profile and the model (``model_code``: its code file). Returns ``{run_id, baseline_run_id,
+    model_uri, experiment_id}``."""
     import mlflow
 
     experiment_id = ensure_experiment(spec.name)
@@ -429,7 +443,8 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
             mlflow.log_dict(dict(profile), PROFILE_ARTIFACT)
 
             example = holdout_frame[feature_names].head(5).reset_index(drop=True)
-            model_uri, manifest = log_model(spec, fitted.booster, schema, example, window.data_digest, tmp)
+            model_uri, manifest = log_model(spec, model_code, fitted.booster, schema, example, window.data_digest,
+                                            tmp)
             manifest_json = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
             if len(manifest_json) > MAX_TAG:
                 raise ValueError(f"the model's artifact manifest ({len(manifest_json)} chars) exceeds a tag")

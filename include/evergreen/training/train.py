@@ -19,6 +19,7 @@ import pandas as pd
 from evergreen import settings, tracking
 from evergreen.evaluation import compute_metrics
 from evergreen.spec import PipelineSpec, TaskType
+from evergreen.training import model
 from evergreen.training.baseline import baseline_input, build_baseline, predict_baseline
 from evergreen.training.model import FeatureSchema, prepare_features, xgboost_input
 from evergreen.training.streaming import (
@@ -168,7 +169,7 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
     logged = tracking.log_challenger_run(
         spec, window, lineage=lineage, params=params, streaming=streaming, fitted=fitted, holdout=holdout,
         metrics=metrics, baseline_metrics=baseline_metrics, baseline_kind=type(baseline[-1]).__name__,
-        profile=reference_profile(spec, fitted, holdout), steps=steps,
+        profile=reference_profile(spec, fitted, holdout), steps=steps, model_code=Path(model.__file__),
     )
     return {
         **logged,

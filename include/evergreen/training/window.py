@@ -73,11 +73,6 @@ class TrainingWindow:
         return f"{self.partitions[0]}..{self.partitions[-1]} ({len(self.partitions)} days)"
 
 
-def data_digest(pairs: Mapping[str, str]) -> str:
-    """sha256 over the sorted ``(ds, content_sha256)`` pairs."""
-    return storage.sha256_bytes(storage.canonical_json(sorted([ds, sha] for ds, sha in pairs.items())))
-
-
 def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = None) -> TrainingWindow:
     """Choose the published partitions in ``(as_of - days, as_of]`` and split them by day (manifests only).
 
@@ -132,7 +127,7 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
         start=start,
         partitions=present,
         missing_days=missing,
-        data_digest=data_digest(hashes),
+        data_digest=storage.data_digest(hashes),
         rows=rows,
         train_days=train,
         validation_days=validation,
