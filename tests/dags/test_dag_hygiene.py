@@ -139,3 +139,15 @@ def test_local_settings_preload_only_where_tasks_are_forked(argv: list[str], pre
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
     assert loaded == (["evergreen.etl.ingest", "pandas", "pyarrow"] if preloads else [])
+
+
+def test_spec_errors_file_parses_light_and_defines_no_dag(tmp_path: Path) -> None:
+    env = {**os.environ, "EVERGREEN_STORAGE_ROOT": str(tmp_path / "never"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags" / "evergreen_spec_errors.py")], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["dags"] == {} and data["connects"] == []
+    loaded = {name.split(".")[0] for name in data["modules"]}
+    assert not loaded.intersection(HEAVY_MODULES), sorted(loaded.intersection(HEAVY_MODULES))
+    assert not (tmp_path / "never").exists()
