@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -68,7 +69,11 @@ def test_the_production_connection_bounds_every_call() -> None:
 
 def test_a_hung_endpoint_fails_within_the_bounds(hung_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     config = {**_production_config_kwargs(), "read_timeout": 2, "connect_timeout": 2}  # same shape, shorter
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+    # A connection of its own: filesystems are cached per connection, and other tests' aws_default points at
+    # a healthy (moto) endpoint.
+    conn_id = f"hung_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("EVERGREEN_STORAGE_CONN_ID", conn_id)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
         "conn_type": "aws", "login": "testing", "password": "testing",
         "extra": {"endpoint_url": hung_endpoint, "region_name": "us-east-1", "config_kwargs": config}}))
     monkeypatch.setenv("EVERGREEN_STORAGE_ROOT", "s3://hung-bucket/evergreen")
