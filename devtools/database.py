@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import urllib.parse
@@ -134,8 +135,13 @@ class EmbeddedPostgres:
     def _init(self) -> dict[str, Any]:
         """Create the cluster once: the superuser trusts only the local socket, TCP needs a password."""
         state = self._state()
-        if (self.data_dir / "PG_VERSION").exists() and state:
-            return state
+        if (self.data_dir / "PG_VERSION").exists():
+            if state:
+                return state
+            # Initialised, but the set-up did not finish (no state file): start over from nothing.
+            if self._pg_ctl("status", check=False) == 0:
+                self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
+            shutil.rmtree(self.data_dir)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -68,6 +68,7 @@ def prepare_home(home: Path) -> None:
     if home.exists() and any(home.iterdir()):
         if not (home / MARKER).exists():
             raise DemoError(f"{home} exists and was not created by the demo; choose another --home")
+        stop_from_pidfile(home)  # leftovers of an earlier demo (its PostgreSQL too) before their files go
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
     (home / MARKER).write_text("created by `python -m devtools.demo`; deleted by the next demo run\n")

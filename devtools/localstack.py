@@ -2,7 +2,7 @@
 
 Used by ``make demo`` and the scheduler tests. Everything it writes lives under one home folder::
 
-    <home>/airflow/            AIRFLOW_HOME: airflow.cfg, airflow.db (SQLite), task logs, passwords file
+    <home>/airflow/            AIRFLOW_HOME: airflow.cfg, task logs, passwords file
     <home>/logs/<name>.log     stdout+stderr of each process
     <home>/stack.json          the pidfile: pids, ports, URLs (read by ``stop_from_pidfile``)
     <home>/secrets.json        JWT / API / Fernet secrets and the admin password, reused across restarts
@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import secrets
@@ -200,7 +201,7 @@ class LocalStack:
         dag_refresh_seconds: int = 10,
         extra_env: Mapping[str, str] | None = None,
         database: Database | None = None,
-        database_prefix: str = "evergreen",
+        database_prefix: str | None = None,
     ) -> None:
         self.home = Path(home).resolve()
         self.storage_root = str(storage_root) if "://" in str(storage_root) else str(Path(storage_root).resolve())
@@ -213,7 +214,9 @@ class LocalStack:
         self.dag_refresh_seconds = dag_refresh_seconds
         self.extra_env = dict(extra_env or {})
         self._database = database
-        self.database_prefix = database_prefix
+        # Per home: stacks sharing one EVERGREEN_DATABASE_URL server never drop each other's databases.
+        self.database_prefix = database_prefix or "evergreen_" + hashlib.sha256(
+            str(Path(home).resolve()).encode()).hexdigest()[:10]
         self.airflow_home = self.home / "airflow"
         self.log_dir = self.home / "logs"
         self.mlflow_dir = self.home / "mlflow"
@@ -234,7 +237,7 @@ class LocalStack:
             raise StackError(f"no stack running from {home} (no {PIDFILE})")
         stack = cls(home, state["storage_root"], airflow_port=state["airflow_port"],
                     mlflow_port=state.get("mlflow_port"), repo=state.get("repo", REPO),
-                    bin_dir=state.get("bin_dir"), database_prefix=state.get("database_prefix", "evergreen"))
+                    bin_dir=state.get("bin_dir"), database_prefix=state.get("database_prefix"))
         stack._entries = list(state.get("processes", []))
         return stack
 

@@ -5,7 +5,7 @@
 #   - Debian's docker-compose (only `docker-compose config` is used: no Docker engine needed);
 #   - the clients the compose healthchecks call: curl, pg_isready, redis-cli.
 # Missing pieces are installed with apt-get and started in the background (root only). Used by .ci/run
-# before `make test` and by tests/test_production.py / tests/test_compose.py.
+# before `make test` and by tests/integration/test_production.py / tests/integration/test_compose.py.
 set -euo pipefail
 
 log() { echo "[ensure-services] $*"; }

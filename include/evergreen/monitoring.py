@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from evergreen import layout, registry, storage, tracking
-from evergreen.errors import MissingDataError, NoChampionError
+from evergreen.errors import DataQualityError, MissingDataError, NoChampionError
 from evergreen.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,10 @@ def monitor_partition(spec: PipelineSpec, ds: dt.date, *, reference: ChampionRef
 
 
 def monitor_partitions(spec: PipelineSpec, days: list[dt.date]) -> list[dict[str, Any]]:
-    """:func:`monitor_partition` for each day, the champion's reference and models loaded once for all."""
+    """:func:`monitor_partition` for each day, the champion's reference and models loaded once for all.
+
+    A day that fails on its data is reported after every other day was monitored (DataQualityError).
+    """
     if not days:
         return []
     reference = load_champion_reference(spec)
@@ -271,10 +274,18 @@ def monitor_partitions(spec: PipelineSpec, days: list[dt.date]) -> list[dict[str
     if models.versions[registry.CHAMPION] != reference.version:
         # The alias moved between the two reads: monitor against one champion, the one the models load.
         reference = load_champion_reference(spec)
-    results = []
+    results, failures = [], []
     for i, ds in enumerate(days, start=1):
-        results.append(monitor_partition(spec, ds, reference=reference, models=models))
+        try:
+            results.append(monitor_partition(spec, ds, reference=reference, models=models))
+        except DataQualityError as exc:  # one bad day must not hold back the reports of the others
+            failures.append(f"ds={ds}: {exc}")
+            log.error("could not monitor %s ds=%s: %s", spec.name, ds, exc)
+            continue
         log.info("monitored %s ds=%s (%d of %d)", spec.name, ds, i, len(days))
+    if failures:
+        raise DataQualityError(f"{len(failures)} of {len(days)} days of {spec.name} could not be monitored "
+                               f"(the other reports are written):\n" + "\n".join(failures))
     return results
 
 

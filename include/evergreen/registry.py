@@ -60,15 +60,19 @@ def registry_lock(spec: PipelineSpec, owner: str, *, wait_seconds: float = LOCK_
                 "expires_at": (now + dt.timedelta(seconds=ttl_seconds)).isoformat()}
         if storage.create_exclusive(path, storage.canonical_json(body)):
             break
-        try:
-            held = storage.read_json(path)
-        except (FileNotFoundError, ValueError):  # released (or being written) between our two calls
+        held = _read_lock(path)
+        if held is None:  # released between our two calls
             continue
+        if held.get("token") == token:  # our own create, whose reply was lost and retried by the client
+            break
         if dt.datetime.fromisoformat(held["expires_at"]) < now:
-            log.warning("taking over the expired registry lock of %s held by %s since %s", spec.name,
-                        held.get("owner"), held.get("acquired_at"))
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            # Re-read right before deleting, so a lock a faster waiter just took over is left alone (the
+            # remaining window is that re-read to the delete, and only after a holder died).
+            if (_read_lock(path) or {}).get("token") == held.get("token"):
+                log.warning("taking over the expired registry lock of %s held by %s since %s", spec.name,
+                            held.get("owner"), held.get("acquired_at"))
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             continue
         if time.monotonic() > deadline:
             raise RegistryError(f"the registry of {spec.name} stayed locked by {held.get('owner')} "
@@ -77,9 +81,19 @@ def registry_lock(spec: PipelineSpec, owner: str, *, wait_seconds: float = LOCK_
     try:
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            if storage.read_json(path).get("token") == token:
+        try:
+            if (_read_lock(path) or {}).get("token") == token:
                 path.unlink()
+        except OSError as exc:  # the decision is recorded: a failed release only delays the next holder
+            log.warning("could not release the registry lock of %s (it expires by itself): %s", spec.name, exc)
+
+
+def _read_lock(path: Any) -> dict[str, Any] | None:
+    """The lock's content, or None when there is no lock."""
+    try:
+        return storage.read_json(path)
+    except FileNotFoundError:
+        return None
 
 
 # ------------------------------------------------------------------------------------ decision log
@@ -274,15 +288,15 @@ def _compare_and_set_champion(client: Any, name: str, expected: str | None, vers
                               settle_seconds: float) -> tuple[bool, str | None, list[str], float]:
     """Move ``champion`` from ``expected`` to ``version`` unless someone else moved it first.
 
-    MLflow has no conditional alias update and no registry lock, so this is read-compare-set, then wait
-    ``settle_seconds`` and re-read. Contenders that evaluated against the same old champion all read it
-    before the first of them moves the alias (a later reader sees the move and backs off), so each one's
-    own read-to-set time bounds when the last set can land; waiting longer than that before verifying
-    means every contender verifies the same final value and exactly one sees itself. Remaining race,
-    honestly: a contender stalled between its read and its set for longer than ``settle_seconds`` (GC
-    pause, network stall) can overwrite the alias after the winner verified; both would then report a
-    promotion, the registry keeps the later one. We log that case (``read_to_set_seconds``) for audit.
-    Readers may also briefly see a losing contender as champion between its set and the winner's.
+    MLflow has no conditional alias update. Evergreen's own writers are serialised by ``registry_lock``;
+    this read-compare-set, then wait ``settle_seconds`` and re-read, also guards against writers outside
+    Evergreen (the MLflow UI, a script). Without the lock, contenders that evaluated against the same old
+    champion all read it before the first of them moves the alias (a later reader sees the move and backs
+    off), so each one's own read-to-set time bounds when the last set can land; waiting longer than that
+    before verifying means every contender verifies the same final value and exactly one sees itself. The
+    race the lock closes: a contender stalled between its read and its set for longer than
+    ``settle_seconds`` (GC pause, network stall) could overwrite the alias after the winner verified; we
+    still log a slow read-to-set (``read_to_set_seconds``) for audit.
 
     Returns (won, champion now, reasons, read-to-set seconds).
     """

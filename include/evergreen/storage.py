@@ -118,16 +118,21 @@ def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
     any number of concurrent callers, on any machines, wins.
     """
     if is_local(path):
+        # Written in full under a temporary name, then hard-linked into place (link fails if the name is
+        # taken): the object is never seen empty or half written, even if this process dies mid-way.
         target = Path(path.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
         return True
     try:
         with path.open("xb") as fh:

@@ -64,7 +64,9 @@ def _bound(config: dict) -> float:
 
 
 def test_the_production_connection_bounds_every_call() -> None:
-    assert _bound(_production_config_kwargs()) <= 65
+    config = _production_config_kwargs()
+    assert _bound(config) <= 90
+    assert config["retries"]["total_max_attempts"] >= 2  # a 5xx answer is retried: s3fs itself does not
 
 
 def test_a_hung_endpoint_fails_within_the_bounds(hung_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -163,3 +163,20 @@ def test_the_monitor_loads_the_champion_once_per_run(champion: dict[str, Any],
     assert references == ["1"]
     assert sorted(loads) == sorted(monitoring.scoring_models(spec).values())  # each serving version once
     assert monitoring.monitor_partitions(spec, []) == []
+
+
+def test_a_bad_day_does_not_hold_back_the_other_reports(champion: dict[str, Any]) -> None:
+    from evergreen.errors import DataQualityError
+
+    spec, days = champion["spec"], champion["days"][-8:-5]
+    bad_dir = champion["base"] / "storage" / "features" / spec.name / f"ds={days[0].isoformat()}"
+    data_file = next(bad_dir.glob("part-*.parquet"))
+    original = data_file.read_bytes()
+    data_file.write_bytes(original[:-16])  # truncated after publication
+    try:
+        with pytest.raises(DataQualityError, match=rf"1 of 3 days .*ds={days[0]}: .*manifest hash"):
+            monitoring.monitor_partitions(spec, days)
+    finally:
+        data_file.write_bytes(original)
+    assert monitoring.read_drift_report(spec, days[0]) is None
+    assert all(monitoring.read_drift_report(spec, d) is not None for d in days[1:])

@@ -264,19 +264,26 @@ def test_a_doubled_promotion_records_once(env: dict[str, Any]) -> None:
     assert [d["version"] for d in decision_history(spec) if d["kind"] == "promoted"] == ["1", "2"]
 
 
-def test_a_promotion_and_a_rollback_serialise(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_promotion_and_a_rollback_serialise(env: dict[str, Any]) -> None:
     spec, client, name = env["spec"], env["client"], env["name"]
-    evaluate_and_promote(env, "weak", T0)
-    evaluate_and_promote(env, "strong_b", T0 + dt.timedelta(hours=1))  # v2 champion, v1 previous
-    report = evaluate_challenger(spec, env["strong_a"])  # against v2; equal model: registered, not promoted
+    evaluate_and_promote(env, "weak", T0)  # v1
+    evaluate_and_promote(env, "strong_a", T0 + dt.timedelta(hours=1))  # v2 beats it
+    rollback(spec, actor="oncall", reason="back to v1", decided_at=T0 + dt.timedelta(hours=2))  # v1, prev v2
+    report = evaluate_challenger(spec, env["strong_b"])  # against v1: it beats it
+    assert report["champion_version"] == "1" and report["beats_champion"]
     promotion, rolled = _race(
-        lambda: promote_if_better(spec, env["strong_a"], report, dry_run=False, actor="dag",
-                                  decided_at=T0 + dt.timedelta(hours=2)),
-        lambda: rollback(spec, actor="cli", reason="bad release", decided_at=T0 + dt.timedelta(hours=2)),
+        lambda: promote_if_better(spec, env["strong_b"], report, dry_run=False, actor="dag",
+                                  decided_at=T0 + dt.timedelta(hours=3)),
+        lambda: rollback(spec, actor="cli", reason="again", decided_at=T0 + dt.timedelta(hours=3)),
     )
-    assert rolled["kind"] == "rolled_back" and rolled["champion_before"] == "2" and rolled["champion_after"] == "1"
-    assert promotion["kind"] == "registered"
-    assert alias(client, name, "champion") == "1"
+    # Either order is fine; interleaved, the aliases would disagree with the decision log.
+    if promotion["kind"] == "promoted":  # promotion first (v3), then the rollback from it to v1
+        assert rolled["champion_before"] == promotion["version"] and rolled["champion_after"] == "1"
+        assert (alias(client, name, "champion"), alias(client, name, "previous_champion")) == ("1", promotion["version"])
+    else:  # rollback first (v1 -> v2): the promotion sees the champion moved and only registers
+        assert promotion["kind"] == "registered" and "champion changed concurrently" in promotion["reasons"][0]
+        assert (rolled["champion_before"], rolled["champion_after"]) == ("1", "2")
+        assert (alias(client, name, "champion"), alias(client, name, "previous_champion")) == ("2", "1")
 
 
 def test_a_held_lock_blocks_then_expires(env: dict[str, Any]) -> None:
