@@ -174,7 +174,7 @@ def test_a_bad_day_does_not_hold_back_the_other_reports(champion: dict[str, Any]
     original = data_file.read_bytes()
     data_file.write_bytes(original[:-16])  # truncated after publication
     try:
-        with pytest.raises(DataQualityError, match=rf"1 of 3 days .*ds={days[0]}: .*manifest hash"):
+        with pytest.raises(DataQualityError, match=rf"(?s)1 of 3 days .*ds={days[0]}: .*manifest hash"):
             monitoring.monitor_partitions(spec, days)
     finally:
         data_file.write_bytes(original)
