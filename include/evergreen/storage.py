@@ -91,6 +91,17 @@ def canonical_json(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
+def _written_sibling(target: Path, data: bytes) -> Path:
+    """``data`` written and synced to a hidden temporary file beside ``target`` (to rename or link into place)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
 def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
     """Write so a reader sees the old object or the new one, never a partial one.
 
@@ -98,13 +109,7 @@ def write_bytes_atomic(path: ObjectStoragePath, data: bytes) -> None:
     """
     if is_local(path):
         target = Path(path.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        os.replace(_written_sibling(target, data), target)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
@@ -121,12 +126,7 @@ def create_exclusive(path: ObjectStoragePath, data: bytes) -> bool:
         # Written in full under a temporary name, then hard-linked into place (link fails if the name is
         # taken): the object is never seen empty or half written, even if this process dies mid-way.
         target = Path(path.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp = _written_sibling(target, data)
         try:
             os.link(tmp, target)
         except FileExistsError:
