@@ -569,8 +569,8 @@ class LocalStack:
             for attempt in range(3):
                 try:
                     return self._send(method, url, body, auth=auth, retry=retry)
-                except (TimeoutError, urllib.error.URLError) as exc:
-                    if isinstance(exc, urllib.error.HTTPError) or attempt == 2:
+                except (TimeoutError, urllib.error.URLError):  # HTTP errors arrive as StackError
+                    if attempt == 2:
                         raise
                     time.sleep(2 * (attempt + 1))
         return self._send(method, url, body, auth=auth, retry=retry)
