@@ -434,6 +434,10 @@ class LocalStack:
             if self.mlflow_port:
                 self._start_mlflow()
             self._run_cli("db-migrate", [str(self.bin_dir / "airflow"), "db", "migrate"], timeout=timeout)
+            from evergreen.factory import REGISTRY_POOL, REGISTRY_POOL_DESCRIPTION
+
+            self._run_cli("pools", [str(self.bin_dir / "airflow"), "pools", "set", REGISTRY_POOL, "1",
+                                    REGISTRY_POOL_DESCRIPTION], timeout=timeout)
             env = self.env()
             airflow = str(self.bin_dir / "airflow")
             self._spawn("api-server", [airflow, "api-server", "--host", "127.0.0.1",

@@ -33,6 +33,10 @@ from evergreen.errors import DataQualityError, MissingDataError, RegistryError
 from evergreen.spec import PipelineSpec, load_valid_specs
 
 DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
+# One slot: promotions and rollbacks of every spec queue here before they take the registry lock, so two
+# never race for it. The stacks create it (`airflow pools set`, see airflow-init and devtools.localstack).
+REGISTRY_POOL = "evergreen_registry"
+REGISTRY_POOL_DESCRIPTION = "Evergreen: one promotion or rollback at a time (the registry lock is the guarantee)"
 
 
 def features_asset(spec: PipelineSpec) -> Asset:
@@ -291,7 +295,7 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
             with data_errors_fail_fast(spec):  # a tampered model is an integrity failure: no retry
                 return evaluation.evaluate_challenger(spec, trained["run_id"])
 
-        @task(multiple_outputs=False, retries=0)
+        @task(multiple_outputs=False, retries=0, pool=REGISTRY_POOL)
         def promote_if_better(trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
             import logging
 
@@ -344,7 +348,7 @@ appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --s
         },
     )
     def rollback() -> None:
-        @task(multiple_outputs=False, retries=0)
+        @task(multiple_outputs=False, retries=0, pool=REGISTRY_POOL)
         def rollback_champion() -> dict[str, Any]:
             from evergreen import registry
 

@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronDataIntervalTimetable, CronTriggerTimetable
 from airflow.sdk.definitions.timetables.simple import NullTimetable
-from evergreen.factory import BUILDERS, build_dags
+from evergreen.factory import BUILDERS, REGISTRY_POOL, build_dags
 from evergreen.spec import get_spec
 
 SPECS = ("fraud", "delivery_eta")
@@ -120,6 +120,10 @@ def test_run_limits_retries_and_timeouts(spec_dags: tuple[str, dict], kind: str)
     assert {t.task_id: t.retries for t in dag.tasks} == RETRIES[kind]
     assert {t.execution_timeout for t in dag.tasks} == {dt.timedelta(minutes=TIMEOUT_MINUTES[kind])}
     assert {t.owner for t in dag.tasks} == {get_spec(name).owner}
+    # Only the tasks that move aliases queue in the one-slot registry pool.
+    registry_tasks = {"promote_if_better", "rollback_champion"} & set(dag.task_ids)
+    assert {t.task_id for t in dag.tasks if t.pool == REGISTRY_POOL} == registry_tasks
+    assert {t.pool for t in dag.tasks if t.task_id not in registry_tasks} <= {"default_pool"}
 
 
 def test_schedules(spec_dags: tuple[str, dict]) -> None:

@@ -243,3 +243,10 @@ def test_mlflow_server_settings(config: dict[str, Any], env_file: Path) -> None:
     assert "mlflow:5000" in hosts and "*" not in hosts
     assert values["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert service_environment(_services(config)["airflow-worker"])["EVERGREEN_MLFLOW_ARTIFACT_ROOT"] == ""
+
+
+def test_airflow_init_creates_the_registry_pool(config: dict[str, Any]) -> None:
+    from evergreen.factory import REGISTRY_POOL
+
+    script = "\n".join(str(w) for w in _services(config)["airflow-init"]["command"])
+    assert f"airflow pools set {REGISTRY_POOL} 1 " in script
