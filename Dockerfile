@@ -20,6 +20,7 @@ COPY --chown=airflow:0 include /opt/airflow/include
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
 COPY --chown=airflow:0 config/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py
+COPY --chown=airflow:0 config/mlflow_auth.ini /opt/airflow/config/mlflow_auth.ini
 RUN pip install --no-cache-dir --no-deps -e /opt/airflow \
     && python -c "import evergreen.factory, evergreen.spec as s; assert s.load_specs(), 'no specs'" \
     && python -m compileall -q /opt/airflow/include

@@ -2,7 +2,7 @@
 """Write ``.env`` for docker-compose.yaml from ``.env.example`` with freshly generated secrets.
 
 ``make env`` runs it. Every empty secret in the example gets a new random value (Fernet key, one JWT
-secret for all Airflow components, API secret, admin / database / MinIO passwords, S3 keys), then
+secret for all Airflow components, API secret, admin / database / MinIO / MLflow passwords, S3 keys), then
 ``${NAME}`` references between values are resolved, so compose sees plain values. An existing ``.env`` is
 kept unless ``--force`` (its passwords are already in the databases' volumes). Standard library only,
 except ``cryptography`` for the Fernet key when available (Airflow depends on it; the key format is the
@@ -52,6 +52,9 @@ GENERATORS = {
     "AIRFLOW_ADMIN_PASSWORD": _token,
     "POSTGRES_PASSWORD": _token,
     "MINIO_ROOT_PASSWORD": _token,
+    "MLFLOW_AUTH_ADMIN_PASSWORD": _token,
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": lambda: _token(64),
+    "MLFLOW_TRACKING_PASSWORD": _token,
     "S3_ACCESS_KEY_ID": lambda: f"evergreen-{secrets.token_hex(4)}",  # MinIO: 3-20 characters
     "S3_SECRET_ACCESS_KEY": lambda: _token(40),  # MinIO: 8-40 characters
 }

@@ -6,6 +6,7 @@ The running topology is tests/integration/test_production.py (same services on l
 
 from __future__ import annotations
 
+import configparser
 import re
 import stat
 import subprocess
@@ -28,12 +29,13 @@ from compose_config import (
 )
 
 GENERATED = ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD",
-             "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+             "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
+             "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_PASSWORD")
 # Names the code reads that the production stack deliberately leaves out, with the reason.
 NOT_FOR_PRODUCTION = {"EVERGREEN_DEMO_HOME": "state folder of `make demo` only"}
 LONG_RUNNING = ("postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler",
                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
-ONE_SHOT = ("minio-setup", "airflow-init")
+ONE_SHOT = ("minio-setup", "airflow-init", "mlflow-init")
 DEFAULT_PASSWORDS = {"", "admin", "airflow", "password", "changeme", "minio", "minioadmin", "minio123",
                      "postgres", "secret", "evergreen"}
 
@@ -123,6 +125,18 @@ def test_secrets_reach_the_services_from_env(config: dict[str, Any], env_file: P
     assert init["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith(f"/{values['AIRFLOW_DB_NAME']}")
     assert values["MLFLOW_DB_NAME"] != values["AIRFLOW_DB_NAME"], "separate databases"
     assert mlflow["AWS_SECRET_ACCESS_KEY"] == values["S3_SECRET_ACCESS_KEY"]
+    # MLflow's basic auth: a generated admin, the workers' own (non-admin) user, its users DB via libpq.
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == values["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == values["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert mlflow["PGPASSWORD"] == values["POSTGRES_PASSWORD"] and mlflow["PGDATABASE"] == values["MLFLOW_AUTH_DB_NAME"]
+    assert values["MLFLOW_AUTH_ADMIN_USERNAME"] != values["MLFLOW_TRACKING_USERNAME"]
+    for name, env in airflow.items():
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (
+            values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"]), name
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in env, f"{name} must not hold the MLflow admin password"
+    setup = service_environment(services["mlflow-init"])
+    assert (setup["EVERGREEN_MLFLOW_USERNAME"], setup["EVERGREEN_MLFLOW_PASSWORD"]) == (
+        values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"])
     # Secrets stay out of command lines (visible in `ps` and `docker inspect`).
     for name, service in services.items():
         words = " ".join(str(w) for key in ("command", "entrypoint") for w in (
@@ -238,6 +252,16 @@ def test_mlflow_server_settings(config: dict[str, Any], env_file: Path) -> None:
     args = [str(a) for a in mlflow["command"]]
     assert args[0] == "server"
     assert "--serve-artifacts" in args
+    assert args[args.index("--app-name") + 1] == "basic-auth"
+    env = service_environment(mlflow)
+    ini = configparser.ConfigParser()
+    ini.read(REPO / "config" / Path(env["MLFLOW_AUTH_CONFIG_PATH"]).name)
+    assert ini["mlflow"]["database_uri"] == "postgresql://"  # no credentials in the file (libpq PG* variables)
+    assert ini["mlflow"]["default_permission"] in {"READ", "NO_PERMISSIONS"}
+    assert "admin_password" not in ini["mlflow"]
+    assert mlflow["volumes"] == [f"{REPO / 'config' / 'mlflow_auth.ini'}:{env['MLFLOW_AUTH_CONFIG_PATH']}:ro"]
+    worker = _services(config)["airflow-worker"]["depends_on"]
+    assert worker["mlflow-init"]["condition"] == "service_completed_successfully"
     assert args[args.index("--artifacts-destination") + 1] == f"s3://{values['S3_BUCKET']}/mlflow"
     hosts = args[args.index("--allowed-hosts") + 1].split(",")
     assert "mlflow:5000" in hosts and "*" not in hosts

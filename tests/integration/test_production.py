@@ -18,6 +18,7 @@ partitions and artifacts in the bucket; plus the security defaults. Every proces
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import http.client
@@ -64,6 +65,7 @@ TRAINING_TIMEOUT = 240
 FIRST_WAVE = ("mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 # Healthchecks that cannot run here: MinIO's `mc ready local` (moto stands in for MinIO).
 NO_LOCAL_HEALTHCHECK = {"minio"}
+ONE_SHOTS = ("airflow-init", "minio-setup", "mlflow-init")
 COMPOSE_HOSTNAMES = ("@postgres:", "//redis:", "//minio:", "//mlflow:", "airflow-apiserver:")
 
 
@@ -142,6 +144,8 @@ class ProductionStack(LocalStack):
             "minio:9000": f"127.0.0.1:{self.ports['moto']}",
             "mlflow:5000": f"127.0.0.1:{self.ports['mlflow']}",
             "airflow-apiserver:8080": f"127.0.0.1:{self.ports['api']}",
+            # A bind mount of the repository's config/ (the image bakes the same file in).
+            "/opt/airflow/config/mlflow_auth.ini": str(self.repo / "config" / "mlflow_auth.ini"),
         }
         # In-container "localhost:<port>" of each service (its healthcheck) -> where it listens here.
         self.local_ports = {
@@ -194,8 +198,8 @@ class ProductionStack(LocalStack):
         env.update({k: self.map(v, name) for k, v in service_environment(self.service(name)).items()})
         if name in AIRFLOW_SERVICES:
             env.update(self.loopback_overrides())
-        if name == "postgres":
-            env["PGHOST"] = "127.0.0.1"  # pg_isready: TCP to the machine's server instead of the socket
+        if name == "postgres" or env.get("PGHOST") == "postgres":
+            env["PGHOST"] = "127.0.0.1"  # pg_isready, MLflow's users DB (libpq variables): the machine's server
         return env
 
     def env(self) -> dict[str, str]:
@@ -276,9 +280,9 @@ class ProductionStack(LocalStack):
             for name in FIRST_WAVE:
                 self._spawn_service(name)
             self.wait_healthy(["postgres", "redis", "mlflow", "airflow-apiserver"], deadline)
+            self._run_once("mlflow-init", timeout=max(30.0, deadline - time.monotonic()))
             self._spawn_service("airflow-worker")
-            self.wait_healthy([n for n in self.config["services"] if n not in ("airflow-init", "minio-setup")],
-                              deadline)
+            self.wait_healthy([n for n in self.config["services"] if n not in ONE_SHOTS], deadline)
             self._timed("services healthy", step)
             unmatched = set(self.mapping) - self._mapped
             assert not unmatched, f"compose addresses never seen (the compose file changed?): {unmatched}"
@@ -363,9 +367,24 @@ class ProductionStack(LocalStack):
     def mlflow_host(self) -> str:
         return self.mapping["mlflow:5000"]
 
-    def mlflow_get(self, path: str, **params: str) -> tuple[int, Any]:
-        status, body = _http("GET", f"http://{self.mlflow_host()}{path}?{urllib.parse.urlencode(params)}")
-        return status, json.loads(body) if body.strip().startswith(b"{") else body
+    def mlflow_credentials(self, user: str = "evergreen") -> tuple[str, str]:
+        """(username, password) of Evergreen's worker user or of the MLflow admin."""
+        prefix = "MLFLOW_TRACKING" if user == "evergreen" else "MLFLOW_AUTH_ADMIN"
+        return self.dotenv[f"{prefix}_USERNAME"], self.dotenv[f"{prefix}_PASSWORD"]
+
+    def mlflow_call(self, method: str, endpoint: str, *, auth: tuple[str, str] | None, body: Any = None,
+                    **params: str) -> tuple[int, Any]:
+        """One MLflow REST call with basic auth (or none): (status, JSON or raw body)."""
+        headers = {}
+        if auth is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        status, raw = _http(method, f"http://{self.mlflow_host()}{endpoint}{query}", headers=headers, body=body)
+        return status, json.loads(raw) if raw.strip().startswith(b"{") else raw
+
+    def mlflow_get(self, endpoint: str, **params: str) -> tuple[int, Any]:
+        """A GET as Evergreen's worker user."""
+        return self.mlflow_call("GET", endpoint, auth=self.mlflow_credentials(), **params)
 
     def metadata_db(self):
         import psycopg2
@@ -375,7 +394,8 @@ class ProductionStack(LocalStack):
 
     def secrets_in_play(self) -> dict[str, str]:
         keys = ("S3_SECRET_ACCESS_KEY", "AIRFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET",
-                "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY", "MINIO_ROOT_PASSWORD")
+                "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY", "MINIO_ROOT_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_PASSWORD")
         return {key: self.dotenv[key] for key in keys}
 
 
@@ -389,7 +409,7 @@ def production(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     ensure_services()
     home = tmp_path_factory.mktemp("production")
     role = f"evergreen_test_{uuid.uuid4().hex[:8]}"
-    databases = (f"{role}_airflow", f"{role}_mlflow")
+    databases = (f"{role}_airflow", f"{role}_mlflow", f"{role}_mlflow_auth")
     redis_db = _empty_redis_db()
     ports = {name: free_port() for name in ProductionStack.PORTS}
     stack: ProductionStack | None = None
@@ -397,7 +417,7 @@ def production(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     admin = _pg_admin()
     try:
         dotenv = make_env(home / ".env", POSTGRES_USER=role, AIRFLOW_DB_NAME=databases[0],
-                          MLFLOW_DB_NAME=databases[1], AIRFLOW_BASE_URL=f"http://127.0.0.1:{ports['api']}")
+                          MLFLOW_DB_NAME=databases[1], MLFLOW_AUTH_DB_NAME=databases[2], AIRFLOW_BASE_URL=f"http://127.0.0.1:{ports['api']}")
         # What the postgres image does with POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB on first start
         # (its superuser becomes our role: it needs CREATEDB for airflow-init's MLflow database).
         with admin.cursor() as cur:
@@ -511,12 +531,67 @@ def test_fernet_key_encrypts_secrets_at_rest(production: ProductionStack) -> Non
 
 def test_mlflow_server_rejects_foreign_host_headers(production: ProductionStack) -> None:
     url = f"http://{production.mlflow_host()}/api/2.0/mlflow/experiments/search?max_results=1"
-    status, body = _http("GET", url, headers={"Host": "evil.example.com"})
+    user, password = production.mlflow_credentials()
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    status, body = _http("GET", url, headers={"Host": "evil.example.com", **auth})
     assert status == 403, (status, body[:200])
-    status, body = _http("GET", url, headers={"Host": "evil.example.com:5000"})
+    status, body = _http("GET", url, headers={"Host": "evil.example.com:5000", **auth})
     assert status == 403, (status, body[:200])
-    status, body = _http("GET", url)  # Host: the address the workers use (allowed)
+    status, body = _http("GET", url, headers=auth)  # Host: the address the workers use (allowed)
     assert status == 200, (status, body[:300])
+
+
+def test_mlflow_requires_authentication(production: ProductionStack, pipeline: dict[str, Any]) -> None:
+    """The probe's anonymous alias move, plus registry reads and artifact downloads, need a user now."""
+    stack = production
+    version = str(pipeline["decision"]["version"])
+    status, champion = stack.mlflow_get("/api/2.0/mlflow/registered-models/alias", name=SPEC, alias="champion")
+    assert status == 200 and champion["model_version"]["version"] == version, champion
+    run_id = champion["model_version"]["run_id"]
+    status, run = stack.mlflow_get("/api/2.0/mlflow/runs/get", run_id=run_id)
+    assert status == 200, run
+    artifacts = run["run"]["info"]["artifact_uri"].removeprefix("mlflow-artifacts:").strip("/")  # <exp>/<run>/artifacts
+    status, listing = stack.mlflow_get("/api/2.0/mlflow-artifacts/artifacts", path=artifacts)
+    files = [f["path"] for f in (listing.get("files") or []) if not f.get("is_dir")] if status == 200 else []
+    assert files, (status, listing)
+    artifact_path = f"/api/2.0/mlflow-artifacts/artifacts/{artifacts}/{files[0]}"
+    status, content = stack.mlflow_call("GET", artifact_path, auth=stack.mlflow_credentials())
+    assert status == 200 and content, (artifact_path, status)
+    calls = [
+        ("POST", "/api/2.0/mlflow/registered-models/alias", {"name": SPEC, "alias": "champion", "version": "1"}, {}),
+        ("GET", "/api/2.0/mlflow/registered-models/get", None, {"name": SPEC}),
+        ("GET", "/api/2.0/mlflow/registered-models/search", None, {}),
+        ("GET", "/api/2.0/mlflow/runs/get", None, {"run_id": run_id}),
+        ("GET", "/api/2.0/mlflow-artifacts/artifacts", None, {"path": artifacts}),
+        ("GET", "/get-artifact", None, {"path": files[0], "run_uuid": run_id}),
+        ("GET", artifact_path, None, {}),
+    ]
+    default_admin = ("admin", "password1234")  # MLflow's old default: never valid here
+    wrong_password = (stack.mlflow_credentials("admin")[0], "password1234")
+    for method, path, body, params in calls:
+        for auth in (None, default_admin, wrong_password):
+            status, answer = stack.mlflow_call(method, path, auth=auth, body=body, **params)
+            assert status == 401, (method, path, auth and auth[0], status, str(answer)[:200])
+    # Nothing moved, and Evergreen's own user and the admin are let in.
+    status, after = stack.mlflow_get("/api/2.0/mlflow/registered-models/alias", name=SPEC, alias="champion")
+    assert status == 200 and after["model_version"]["version"] == version, after
+    status, _ = stack.mlflow_call("GET", "/api/2.0/mlflow/registered-models/get", auth=stack.mlflow_credentials("admin"),
+                                  name=SPEC)
+    assert status == 200
+    # Another signed-in user may read (default_permission READ) but not move the champion.
+    reader = (f"reader-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+    status, _ = stack.mlflow_call("POST", "/api/2.0/mlflow/users/create", auth=stack.mlflow_credentials("admin"),
+                                  body={"username": reader[0], "password": reader[1]})
+    assert status == 200
+    status, _ = stack.mlflow_call("GET", "/api/2.0/mlflow/registered-models/get", auth=reader, name=SPEC)
+    assert status == 200
+    status, answer = stack.mlflow_call("POST", "/api/2.0/mlflow/registered-models/alias", auth=reader,
+                                       body={"name": SPEC, "alias": "champion", "version": "1"})
+    assert status == 403, (status, str(answer)[:200])
+    # Evergreen's worker user is not an MLflow admin: it cannot create users.
+    status, _ = stack.mlflow_call("POST", "/api/2.0/mlflow/users/create", auth=stack.mlflow_credentials(),
+                                  body={"username": f"x-{uuid.uuid4().hex[:6]}", "password": uuid.uuid4().hex})
+    assert status == 403
 
 
 def test_pipeline_trains_and_registers_a_champion(production: ProductionStack, pipeline: dict[str, Any]) -> None:
