@@ -104,7 +104,7 @@ def publish_features_fast(spec, ds: dt.date) -> dict:
     """
     from evergreen.etl import ingest as etl
 
-    frame, sources = etl.read_raw_partition(spec, ds)
+    frame, sources, _ = etl.read_raw_partition(spec, ds)
     validation = {"engine": "benchmark-prep (not validated)", "success": True, "rows": len(frame),
                   "sources": sources}
     staged = etl.build_feature_partition(spec, ds, validation)

@@ -77,7 +77,7 @@ def validate_gx(args: dict[str, Any]) -> dict[str, Any]:
     imported = time.perf_counter() - t
     t = time.perf_counter()
     ds = dt.date.fromisoformat(args["ds"])
-    frame, _ = evergreen_etl.read_raw_partition(spec, ds)
+    frame, _, _ = evergreen_etl.read_raw_partition(spec, ds)
     report = validate_frame(spec, ds, frame, screen=False)
     return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "rows": report.rows,
             "expectations": report.evaluated, "engine": report.engine}

@@ -141,15 +141,28 @@ def compute_slice_metrics(
     return out
 
 
+NOT_EVALUATED = "not_evaluated"
+
+
 @dataclass
 class GateResult:
-    """One gate's outcome; ``value``/``threshold`` are None when not applicable (e.g. skipped)."""
+    """One gate's outcome; ``value``/``threshold`` are None when not applicable (e.g. skipped).
+
+    ``status`` is ``passed``, ``failed``, ``skipped`` (does not apply, e.g. no champion yet) or
+    ``not_evaluated`` (applies but the holdout cannot decide it): that one never counts as a pass."""
 
     name: str
     value: float | None
     threshold: float | None
     passed: bool
     detail: str = ""
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "passed" if self.passed else "failed"
+        if self.status == NOT_EVALUATED:
+            self.passed = False
 
 
 @dataclass
@@ -172,6 +185,7 @@ class GateReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["failed"] = [g.name for g in self.failed]
+        out["not_evaluated"] = [g.name for g in self.gates if g.status == NOT_EVALUATED]
         return json_safe(out)
 
 
@@ -189,20 +203,23 @@ def evaluate_gates(
     baseline_metrics: Mapping[str, float],
     champion_metrics: Mapping[str, float] | None,
     slice_metrics: Mapping[str, Mapping[str, float]],
+    holdout_classes: int | None = None,
 ) -> GateReport:
-    """Apply ``spec.gates`` to already-computed metrics (pure: no I/O, no MLflow)."""
+    """Apply ``spec.gates`` to already-computed metrics (pure: no I/O, no MLflow). ``holdout_classes``: the
+    classes present in a binary holdout, to say why a primary metric is undefined."""
     gates_spec = spec.gates
     primary = spec.primary_metric
     higher_is_better(primary)  # fail loudly on a typo in the spec's primary metric
     gates: list[GateResult] = []
     value = challenger_metrics.get(primary)
 
-    gates.append(
-        GateResult(
-            f"primary_metric:{primary}", value, None, _finite(value),
-            "challenger primary metric is finite" if _finite(value) else "primary metric missing or not finite",
-        )
-    )
+    if _finite(value):
+        gates.append(GateResult(f"primary_metric:{primary}", value, None, True, "challenger primary metric is finite"))
+    else:
+        why = (f"not evaluable: {primary} is undefined on a holdout holding a single class (the window had no "
+               f"day with the other class to extend it with)" if holdout_classes is not None and holdout_classes < 2
+               else "not evaluable: primary metric missing or not finite")
+        gates.append(GateResult(f"primary_metric:{primary}", None, None, False, why, status=NOT_EVALUATED))
 
     for metric, threshold in sorted(gates_spec.absolute.items()):
         got = challenger_metrics.get(metric)
@@ -243,12 +260,16 @@ def evaluate_gates(
         # Slices below min_slice_rows are too noisy to gate on (compute_slice_metrics drops them already).
         scored = {k: float(m[primary]) for k, m in slice_metrics.items()
                   if _finite(m.get(primary)) and m.get("rows", gates_spec.min_slice_rows) >= gates_spec.min_slice_rows}
-        if not scored:
+        if len(scored) < 2:
+            # One slice has no gap to measure and no other slice to be worse than: never a pass.
             for name, threshold in (("min_slice_metric", gates_spec.min_slice_metric),
                                     ("max_slice_gap", gates_spec.max_slice_gap)):
                 if threshold is not None:
-                    gates.append(GateResult(name, None, threshold, True,
-                                            f"no {gates_spec.slice_feature} slice with enough rows: skipped"))
+                    gates.append(GateResult(
+                        name, None, threshold, False,
+                        f"not evaluated: {len(scored)} {gates_spec.slice_feature} slice(s) with "
+                        f">= {gates_spec.min_slice_rows} rows and a finite {primary}, need 2",
+                        status=NOT_EVALUATED))
         else:
             pick = min if higher_is_better(primary) else max
             worst_key = pick(scored, key=lambda k: scored[k])
@@ -346,7 +367,8 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
         slice_metrics = compute_slice_metrics(spec.task_type, holdout[slice_feature], y_true, challenger_pred,
                                               min_rows=spec.gates.min_slice_rows)
 
-    report = evaluate_gates(spec, challenger_metrics, baseline_metrics, champion_metrics, slice_metrics)
+    classes = len(np.unique(y_true)) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None
+    report = evaluate_gates(spec, challenger_metrics, baseline_metrics, champion_metrics, slice_metrics, classes)
     result: dict[str, Any] = {
         **report.to_dict(),
         "spec": spec.name,

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from evergreen import settings
 
@@ -22,6 +33,8 @@ SHIPPED_SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=60)]
 ColumnName = Annotated[str, Field(min_length=1, max_length=200)]
+# The entity key the ETL derives for a table without one (a hash of the row's content, see etl.ingest).
+ROW_KEY = "row_key"
 
 
 class SpecError(ValueError):
@@ -56,11 +69,14 @@ class SourceSpec(_Model):
 
     ``daily_files``: one file (or a glob of files) per day, ``path`` contains ``{ds}``.
     ``historical``: one file holding many days, filtered to the run's day by the timestamp column.
+    ``na_values``: for CSV, the only tokens read as missing (default: pandas' list, in which ``None`` and
+    ``NA`` are missing; a table where ``None`` is a real label lists e.g. ``["NA", ""]``).
     """
 
     kind: Literal["daily_files", "historical"] = "daily_files"
     path: str
     format: Literal["csv", "parquet"] = "parquet"
+    na_values: list[str] | None = None
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> SourceSpec:
@@ -81,7 +97,9 @@ class FeatureSpec(_Model):
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     min: float | None = None
     max: float | None = None
-    allowed_values: list[str] | None = None
+    # In the column's own type: integer codes as integers, labels as strings (compared by their text,
+    # so 1, 1.0 and "1" are one code; see etl.labels).
+    allowed_values: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
@@ -96,10 +114,39 @@ class FeatureSpec(_Model):
         return self
 
 
+Label = StrictBool | StrictInt | StrictStr
+
+
 class TargetSpec(_Model):
+    """The label column.
+
+    ``positive_label``: for a binary target given as strings, booleans or codes (``"Yes"``, ``true``, ``2``),
+    the value that means 1; ``negative_label`` (optional) the value that means 0, otherwise any one other
+    value is 0. The ETL stores 0/1 and the mapping goes into every manifest and model version.
+    ``allow_missing``: rows without a label are kept (scored and monitored, counted in the manifest) but
+    never trained or evaluated on; otherwise a missing label fails the day.
+    """
+
     name: ColumnName
     min: float | None = None
     max: float | None = None
+    positive_label: Label | None = None
+    negative_label: Label | None = None
+    allow_missing: bool = False
+
+    @model_validator(mode="after")
+    def _labels(self) -> TargetSpec:
+        if self.negative_label is not None and self.positive_label is None:
+            raise ValueError("negative_label needs positive_label")
+        if self.positive_label is not None and (self.min is not None or self.max is not None):
+            raise ValueError("min/max apply to numeric targets, not to a labelled one (positive_label)")
+        if self.positive_label is not None and self.negative_label is not None:
+            from evergreen.etl.labels import label_text
+
+            if label_text(self.positive_label) == label_text(self.negative_label):
+                raise ValueError("positive_label and negative_label must differ")
+        return self
+
 
 
 class ScheduleSpec(_Model):
@@ -133,11 +180,17 @@ class ExpectationsSpec(_Model):
 
 
 class EtlSpec(_Model):
+    """``on_missing_day``: a day without raw data (no file, or no rows of a historical file) fails or skips.
+    ``extra_columns``: raw columns the spec does not name are always listed in the validation summary;
+    ``warn`` also logs them, ``fail`` fails the day. ``ignore_columns`` are known and dropped silently."""
+
     on_missing_day: Literal["fail", "skip"] = "fail"
     sensor_timeout_minutes: float = Field(default=60.0, gt=0)
     sensor_poke_seconds: float = Field(default=60.0, ge=1)
     # Raw data for a day may arrive late; the sensor waits up to sensor_timeout_minutes.
     time_features: bool = True
+    extra_columns: Literal["ignore", "warn", "fail"] = "warn"
+    ignore_columns: list[ColumnName] = Field(default_factory=list)
 
 
 class WindowSpec(_Model):
@@ -220,8 +273,13 @@ class PipelineSpec(_Model):
     owner: str = "evergreen"
     task_type: TaskType
     source: SourceSpec
-    entity_keys: list[ColumnName] = Field(min_length=1)
+    # Empty: the table has no natural key; the ETL derives ``row_key`` from each row's content.
+    entity_keys: list[ColumnName] = Field(default_factory=list)
     timestamp_column: ColumnName
+    # The timestamp assembled from parts, role -> raw column: {date, hour} or {year, month, day[, hour
+    # [, minute]]}; the result is stored as ``timestamp_column`` (which the raw data then need not have).
+    timestamp_parts: dict[Literal["date", "year", "month", "day", "hour", "minute"], ColumnName] | None = None
+    derive_row_key: bool = False
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec
     schedule: ScheduleSpec
@@ -234,8 +292,25 @@ class PipelineSpec(_Model):
     simulation: SimulationSpec | None = None
     tags: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _row_key_when_no_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("entity_keys"):
+            data = {**data, "entity_keys": [ROW_KEY], "derive_row_key": True}
+        return data
+
     @model_validator(mode="after")
     def _columns_consistent(self) -> PipelineSpec:
+        if self.derive_row_key and self.entity_keys != [ROW_KEY]:
+            raise ValueError(f"derive_row_key is set by leaving entity_keys empty (the key is {ROW_KEY!r})")
+        if self.timestamp_parts is not None:
+            roles = set(self.timestamp_parts)
+            if not ({"date"} <= roles <= {"date", "hour", "minute"}
+                    or {"year", "month", "day"} <= roles <= {"year", "month", "day", "hour", "minute"}):
+                raise ValueError("timestamp_parts: give {date[, hour[, minute]]} or {year, month, day[, hour[, minute]]}"
+                                 f", got {sorted(roles)}")
+        if self.task_type == TaskType.REGRESSION and self.target.positive_label is not None:
+            raise ValueError("target.positive_label applies to binary_classification only")
         names = [f.name for f in self.features]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -270,8 +345,17 @@ class PipelineSpec(_Model):
 
     @property
     def raw_columns(self) -> list[str]:
-        """Every column a raw partition must carry."""
+        """Every column a raw partition carries once read (the derived row key and assembled timestamp included)."""
         return [*self.entity_keys, self.timestamp_column, *(f.name for f in self.features), self.target.name]
+
+    @property
+    def source_columns(self) -> set[str]:
+        """Every raw column the spec names: what is not in here is an extra column."""
+        keys = [] if self.derive_row_key else self.entity_keys
+        parts = list((self.timestamp_parts or {}).values())
+        timestamp = [] if self.timestamp_parts else [self.timestamp_column]
+        return {*keys, *timestamp, *parts, *(f.name for f in self.features), self.target.name,
+                *self.etl.ignore_columns}
 
     @property
     def model_features(self) -> dict[str, FeatureType]:

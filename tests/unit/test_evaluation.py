@@ -106,24 +106,29 @@ def gate(report: GateReport, name: str) -> GateResult:
     ("challenger", "baseline", "champion", "slices", "passed", "failed", "beats"),
     [
         pytest.param(CLS, CLS_BASE, None, CLS_SLICES, True, set(), None, id="no-champion-passes"),
-        pytest.param({**CLS, "roc_auc": 0.74}, CLS_BASE, None, {}, False,
+        pytest.param({**CLS, "roc_auc": 0.74}, CLS_BASE, None, CLS_SLICES, False,
                      {"absolute:roc_auc", "lift_over_baseline"}, None, id="below-absolute-and-baseline"),
-        pytest.param({**CLS, "pr_auc": 0.1}, CLS_BASE, None, {}, False, {"absolute:pr_auc"}, None,
+        pytest.param({**CLS, "pr_auc": 0.1}, CLS_BASE, None, CLS_SLICES, False, {"absolute:pr_auc"}, None,
                      id="absolute-secondary-metric"),
-        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.80}, {}, True, set(), True, id="beats-champion"),
-        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.855}, {}, True, set(), False,
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.80}, CLS_SLICES, True, set(), True, id="beats-champion"),
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.855}, CLS_SLICES, True, set(), False,
                      id="slightly-worse-within-tolerance"),
-        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.87}, {}, False, {"no_regression_vs_champion"}, False,
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.87}, CLS_SLICES, False, {"no_regression_vs_champion"}, False,
                      id="regresses-vs-champion"),
-        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.85}, {}, True, set(), False, id="equal-does-not-beat"),
+        pytest.param(CLS, CLS_BASE, {"roc_auc": 0.85}, CLS_SLICES, True, set(), False, id="equal-does-not-beat"),
         pytest.param(CLS, CLS_BASE, None, {**CLS_SLICES, "pos": {"rows": 300, "roc_auc": 0.6}}, False,
                      {"min_slice_metric", "max_slice_gap"}, None, id="weak-slice"),
-        pytest.param(CLS, CLS_BASE, None, {"web": {"rows": 500, "accuracy": 0.9}}, True, set(), None,
-                     id="slices-without-auc-skipped"),
-        pytest.param({"pr_auc": 0.4}, CLS_BASE, None, {}, False,
+        # A slice gate that the holdout cannot decide is never a pass.
+        pytest.param(CLS, CLS_BASE, None, {"web": {"rows": 500, "accuracy": 0.9}}, False,
+                     {"min_slice_metric", "max_slice_gap"}, None, id="slices-without-auc-not-evaluated"),
+        pytest.param(CLS, CLS_BASE, None, {"web": {"rows": 500, "roc_auc": 0.9}}, False,
+                     {"min_slice_metric", "max_slice_gap"}, None, id="one-slice-not-evaluated"),
+        pytest.param(CLS, CLS_BASE, None, {}, False, {"min_slice_metric", "max_slice_gap"}, None,
+                     id="no-slices-not-evaluated"),
+        pytest.param({"pr_auc": 0.4}, CLS_BASE, None, CLS_SLICES, False,
                      {"primary_metric:roc_auc", "absolute:roc_auc", "lift_over_baseline"}, None,
                      id="missing-primary-metric"),
-        pytest.param({**CLS, "roc_auc": math.nan}, CLS_BASE, None, {}, False,
+        pytest.param({**CLS, "roc_auc": math.nan}, CLS_BASE, None, CLS_SLICES, False,
                      {"primary_metric:roc_auc", "absolute:roc_auc", "lift_over_baseline"}, None, id="nan"),
     ],
 )
@@ -179,3 +184,18 @@ def test_min_lift_is_relative() -> None:
     spec = spec_with_gates("fraud", min_lift_over_baseline=0.05, slice_feature=None)
     assert not evaluate_gates(spec, CLS, {"roc_auc": 0.82}, None, {}).passed  # +3.7%
     assert evaluate_gates(spec, CLS, {"roc_auc": 0.80}, None, {}).passed  # +6.25%
+
+
+def test_single_class_holdout_is_not_evaluable_never_a_pass() -> None:
+    spec = load_spec(SHIPPED_SPECS_DIR / "fraud.yaml")
+    metrics = compute_metrics("binary_classification", [0, 0, 0, 0], [0.1, 0.2, 0.1, 0.3])
+    report = evaluate_gates(spec, metrics, CLS_BASE, None, CLS_SLICES, holdout_classes=1)
+    primary = gate(report, "primary_metric:roc_auc")
+    assert (primary.status, primary.passed) == ("not_evaluated", False)
+    assert "single class" in primary.detail
+    assert report.passed is False
+    assert report.to_dict()["not_evaluated"] == ["primary_metric:roc_auc"]
+    one_slice = evaluate_gates(spec, CLS, CLS_BASE, None, {"web": {"rows": 500, "roc_auc": 0.9}})
+    assert {g.name: g.status for g in one_slice.gates if "slice" in g.name} == {
+        "min_slice_metric": "not_evaluated", "max_slice_gap": "not_evaluated"}
+    assert "1 channel slice(s)" in gate(one_slice, "max_slice_gap").detail

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from evergreen.etl.labels import value_set_variants
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 
 if TYPE_CHECKING:
@@ -162,7 +163,8 @@ def expectation_checks(spec: PipelineSpec, ds: dt.date, columns: list[str]) -> l
         elif feature.type == FeatureType.BOOLEAN:
             add("column_values_to_be_in_set", column=name, value_set=BOOLEAN_VALUES)
         elif feature.allowed_values is not None:
-            add("column_values_to_be_in_set", column=name, value_set=list(feature.allowed_values))
+            # Every form the codes may take in the raw column (1, 1.0, "1"): compared by label text.
+            add("column_values_to_be_in_set", column=name, value_set=value_set_variants(feature.allowed_values))
         if not feature.nullable:
             add("column_values_to_not_be_null", column=name)
         elif feature.max_null_fraction < 1.0:
@@ -170,12 +172,21 @@ def expectation_checks(spec: PipelineSpec, ds: dt.date, columns: list[str]) -> l
 
     target = spec.target
     if target.name in present:
-        add("column_values_to_not_be_null", column=target.name)
-        add("column_values_to_be_in_type_list", column=target.name, type_list=NUMERIC_DTYPES + ["bool", "boolean"])
-        if spec.task_type == TaskType.BINARY_CLASSIFICATION:
-            add("column_values_to_be_in_set", column=target.name, value_set=[0, 1, True, False])
-        elif target.min is not None or target.max is not None:
-            add("column_values_to_be_between", column=target.name, min_value=target.min, max_value=target.max)
+        if not target.allow_missing:
+            add("column_values_to_not_be_null", column=target.name)
+        if target.positive_label is not None:
+            labels = [target.positive_label] + ([target.negative_label] if target.negative_label is not None else [])
+            if target.negative_label is not None:
+                add("column_values_to_be_in_set", column=target.name, value_set=value_set_variants(labels))
+            else:  # the positive label and one other value
+                add("column_unique_value_count_to_be_between", column=target.name, min_value=0, max_value=2)
+        else:
+            add("column_values_to_be_in_type_list", column=target.name,
+                type_list=NUMERIC_DTYPES + ["bool", "boolean"])
+            if spec.task_type == TaskType.BINARY_CLASSIFICATION:
+                add("column_values_to_be_in_set", column=target.name, value_set=[0, 1, True, False])
+            elif target.min is not None or target.max is not None:
+                add("column_values_to_be_between", column=target.name, min_value=target.min, max_value=target.max)
     return checks
 
 
@@ -250,6 +261,9 @@ def screen_passes(checks: list[Check], frame: pd.DataFrame) -> bool:
                     or pd.api.types.is_string_dtype(dtype)):
                 return False
             if not kept.isin(kw["value_set"]).all():  # GX's own test: Series.isin on the non-null values
+                return False
+        elif check.type == "expect_column_unique_value_count_to_be_between":
+            if values.nunique(dropna=True) > kw["max_value"]:
                 return False
         elif check.type == "expect_column_values_to_be_unique":
             if values.hasnans or values.duplicated().any():

@@ -29,7 +29,7 @@ from evergreen.errors import DataQualityError
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 from evergreen.tracking import DATASET_LOG_ROWS
 from evergreen.training.model import FeatureSchema, fit_feature_schema, prepare_features, xgboost_input
-from evergreen.training.window import TrainingWindow, cap_rows, load_day, read_features, target_values
+from evergreen.training.window import TrainingWindow, cap_rows, labelled, load_day, read_features, target_values
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def _scan_days(spec: PipelineSpec, window: TrainingWindow, kinds: Mapping[str, s
         absent = [c for c in columns if c not in frame.columns]
         if absent:
             raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
+        frame = labelled(spec, frame)
         if spec.window.max_rows_per_day:
             frame = cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
         y = target_values(frame, spec)

@@ -90,13 +90,19 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
 
     hashes: dict[str, str] = {}
     rows_by_day: dict[dt.date, int] = {}
+    classes_by_day: dict[dt.date, set[str]] = {}
     for ds, path in sorted(in_window.items()):
         manifest = storage.read_manifest(path)
         if manifest is None:  # unpublished between listing and reading
             continue
+        target = manifest.get("target") or {}
+        rows = int(target.get("labelled_rows", manifest["rows"]))
+        if rows == 0:  # nothing to learn from or evaluate on (all labels missing): not a window day
+            continue
         hashes[ds.isoformat()] = str(manifest["content_sha256"])
-        rows = int(manifest["rows"])
         rows_by_day[ds] = min(rows, cfg.max_rows_per_day) if cfg.max_rows_per_day else rows
+        if "classes" in target:
+            classes_by_day[ds] = {c for c, n in target["classes"].items() if n}
     present = sorted(rows_by_day)
 
     history_start = min([spec.schedule.start_date, *present[:1]])
@@ -118,9 +124,10 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
     if rows < cfg.min_rows:
         raise DataQualityError(f"{where}: {rows} rows in {len(present)} partitions, need at least {cfg.min_rows}")
 
-    holdout = present[-cfg.holdout_days:]
-    validation = present[-(cfg.holdout_days + cfg.validation_days):-cfg.holdout_days]
-    train = present[: -(cfg.holdout_days + cfg.validation_days)]
+    holdout_days = _holdout_size(spec, present, classes_by_day)
+    holdout = present[-holdout_days:]
+    validation = present[-(holdout_days + cfg.validation_days):-holdout_days]
+    train = present[: -(holdout_days + cfg.validation_days)]
     return TrainingWindow(
         spec=spec.name,
         as_of=as_of,
@@ -136,6 +143,26 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
     )
 
 
+def _holdout_size(spec: PipelineSpec, present: list[dt.date], classes_by_day: Mapping[dt.date, set[str]]) -> int:
+    """``holdout_days``, extended back one day at a time while a binary holdout lacks a class (a weekend of
+    an office dataset holds no positives), as long as ``min_days - holdout_days - validation_days`` training
+    days remain. Without class counts in the manifests (older partitions) the holdout is not extended."""
+    cfg = spec.window
+    size = cfg.holdout_days
+    if spec.task_type != TaskType.BINARY_CLASSIFICATION:
+        return size
+    limit = len(present) - cfg.validation_days - max(1, cfg.min_days - cfg.holdout_days - cfg.validation_days)
+
+    def both_classes(days: list[dt.date]) -> bool:
+        if not all(d in classes_by_day for d in days):
+            return True  # unknown: leave it to the gates to say
+        return set().union(*(classes_by_day[d] for d in days)) >= {"0", "1"}
+
+    while size < limit and not both_classes(present[-size:]):
+        size += 1
+    return size
+
+
 def cap_rows(frame: pd.DataFrame, keys: list[str], cap: int) -> pd.DataFrame:
     """Keep the ``cap`` rows with the smallest entity-key hash: deterministic, unbiased, no RNG state."""
     if len(frame) <= cap:
@@ -149,14 +176,22 @@ def training_columns(spec: PipelineSpec) -> list[str]:
     return [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
 
 
+def labelled(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a label: training and evaluation never see the others (``target.allow_missing``)."""
+    if not spec.target.allow_missing:
+        return frame  # a missing label is refused by target_values
+    return frame[frame[spec.target.name].notna()]
+
+
 def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
-    """One published partition with the columns training needs, file hashes verified, capped if configured."""
+    """One published partition's labelled rows with the columns training needs, file hashes verified,
+    capped if configured."""
     frame = add_time_features(read_features(spec, ds, expected_sha), spec, overwrite=False)
     wanted = training_columns(spec)
     absent = [c for c in wanted if c not in frame.columns]
     if absent:
         raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
-    frame = frame[wanted]
+    frame = labelled(spec, frame[wanted])
     if spec.window.max_rows_per_day:
         frame = cap_rows(frame, spec.entity_keys, spec.window.max_rows_per_day)
     return sort_canonical(frame, spec)
