@@ -233,3 +233,68 @@ def bad_timestamp_outside_day(raw: pd.DataFrame) -> pd.DataFrame:
     raw = raw.copy()
     raw.loc[0, "event_ts"] = pd.Timestamp("2026-10-30T12:00:00Z")
     return raw
+
+
+# ------------------------------------------------------------------------------------ real-table shapes
+
+
+def sensor_spec_yaml(name: str, timezone: str, *, start_date: str = "2026-01-01", **sections: str) -> str:
+    """A user's spec for an hourly single-series table, as written from the README: no entity key,
+    naive local timestamps in ``timezone``, a ``yes``/``no`` label, integer-coded ``season`` and an
+    ``operator`` column the spec does not name. ``sections`` replace top-level YAML blocks by key."""
+    blocks = {
+        "source": "source: {kind: historical, path: raw/%s/readings.csv, format: csv}" % name,
+        "timestamp": "timestamp_column: read_at",
+        "target": "target: {name: alarm, positive_label: \"yes\", negative_label: \"no\"}",
+        "features": (
+            "features:\n"
+            "  - {name: level, type: numeric, min: 0, max: 100}\n"
+            "  - {name: season, type: categorical, allowed_values: [1, 2, 3, 4], max_null_fraction: 0.5}"),
+        "window": "window: {days: 10, holdout_days: 2, validation_days: 2, min_days: 6, max_missing_days: 2, "
+                  "min_rows: 100}",
+        "gates": "gates: {min_lift_over_baseline: -1.0}",
+        "model": "model: {num_boost_round: 20, early_stopping_rounds: 5}",
+    }
+    blocks.update(sections)
+    return "\n".join([
+        f"name: {name}", "task_type: binary_classification", "entity_keys: []",
+        f"schedule: {{start_date: {start_date}, timezone: {timezone}}}",
+        *blocks.values(), "",
+    ])
+
+
+def local_hours(timezone: str, first: dt.date, last: dt.date) -> list[str]:
+    """Naive local wall-clock hours from ``first`` to ``last`` (inclusive), as a clock in ``timezone``
+    shows them: the hour after a spring-forward change is missing, the repeated hour appears twice."""
+    import zoneinfo
+
+    tz = zoneinfo.ZoneInfo(timezone)
+    begin = dt.datetime.combine(first, dt.time(), tzinfo=tz).astimezone(dt.UTC)
+    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=tz).astimezone(dt.UTC)
+    hours = []
+    while begin < end:
+        hours.append(begin.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"))
+        begin += dt.timedelta(hours=1)
+    return hours
+
+
+def sensor_readings(timezone: str, first: dt.date, last: dt.date, *, seed: int = 0) -> pd.DataFrame:
+    """Hourly readings for :func:`sensor_spec_yaml`: the alarm rings when the level is high."""
+    hours = local_hours(timezone, first, last)
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(0, 100, len(hours)).round(2)
+    season = rng.integers(1, 5, len(hours)).astype(float)
+    season[rng.random(len(hours)) < 0.1] = np.nan  # a missing code turns the CSV column into floats
+    return pd.DataFrame({
+        "read_at": hours, "level": level, "season": pd.array(season, dtype="Float64"),
+        "operator": rng.choice(["ann", "bob"], len(hours)),
+        "alarm": np.where(level + rng.normal(0, 10, len(hours)) > 70, "yes", "no"),
+    })
+
+
+def land_csv(frame: pd.DataFrame, key: str) -> Path:
+    """Write ``frame`` as CSV at ``key`` under the (local) storage root, as a user lands a file."""
+    path = Path(storage.at(key).path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path

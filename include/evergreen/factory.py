@@ -36,6 +36,8 @@ DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
 # One slot: promotions and rollbacks of every spec queue here before they take the registry lock, so two
 # never race for it. The stacks create it (`airflow pools set`, see airflow-init and devtools.localstack).
 REGISTRY_POOL = "evergreen_registry"
+# Runs whose logical date is their data interval's start (a local midnight for a daily spec).
+SCHEDULE_RUN_TYPES = frozenset({"scheduled", "backfill"})
 REGISTRY_POOL_DESCRIPTION = "Evergreen: one promotion or rollback at a time (the registry lock is the guarantee)"
 
 
@@ -51,13 +53,16 @@ def resolve_partition_date(
     logical_date: dt.datetime | None,
     run_after: dt.datetime | None,
     timezone: str,
+    run_type: str | None = None,
 ) -> dt.date:
     """The day a run works on, for every way a run can start.
 
     1. an explicit ``ds`` param (UI form, REST conf, ``dags test`` with conf);
-    2. the logical date: on our data-interval timetable it is the interval start for scheduled runs and
-       backfills, and the date given to ``airflow dags test DAG DATE`` (whose inferred interval is the
-       day *before*, so the interval must not win here);
+    2. the logical date. Scheduled runs and backfills: the interval start, a local midnight of the spec's
+       timezone, so its local date. Other runs (``airflow dags test DAG 2011-01-28``, a REST trigger
+       with a date-only logical date) name a calendar date as 00:00 UTC: that date, in every timezone
+       (converted to New York it would be the day before). Any other instant: its local date. The
+       inferred interval of ``dags test`` is the day *before*, so the interval must not win here;
     3. no logical date (manual or asset-triggered runs in Airflow 3): a non-empty data interval's start,
        else the last full day before ``run_after``.
     """
@@ -65,6 +70,9 @@ def resolve_partition_date(
         return dt.date.fromisoformat(explicit)
     tz = zoneinfo.ZoneInfo(timezone)
     if logical_date is not None:
+        utc = logical_date.astimezone(dt.UTC)
+        if run_type not in SCHEDULE_RUN_TYPES and utc.time() == dt.time() and logical_date.tzinfo is not None:
+            return utc.date()
         return logical_date.astimezone(tz).date()
     if data_interval_start is not None and data_interval_end is not None and data_interval_end > data_interval_start:
         return data_interval_start.astimezone(tz).date()
@@ -83,6 +91,7 @@ def partition_date_from_context(spec: PipelineSpec, param: str = "ds") -> dt.dat
         logical_date=context.get("logical_date"),
         run_after=getattr(dag_run, "run_after", None),
         timezone=spec.schedule.timezone,
+        run_type=str(getattr(dag_run, "run_type", "") or "") or None,
     )
 
 

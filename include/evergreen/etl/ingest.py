@@ -96,22 +96,20 @@ def _short_rows(data: bytes, columns: int) -> list[int]:
 DST_RULE = "ambiguous: first occurrence (daylight time); non-existent: shifted forward by the change (1 h)"
 
 
-def localize_naive(values: pd.Series, timezone: str) -> tuple[pd.Series, dict[str, int]]:
-    """Naive local datetimes -> aware ones in ``timezone`` by :data:`DST_RULE`; counts of each case."""
+def localize_naive(values: pd.Series, timezone: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Naive local datetimes -> aware ones in ``timezone`` by :data:`DST_RULE`; and the masks of the
+    ambiguous and the non-existent values."""
     import numpy as np
     import pandas as pd
 
     strict = values.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
     unresolved = strict.isna() & values.notna()
-    counts = {"ambiguous_local_times": 0, "nonexistent_local_times": 0}
     if not unresolved.any():
-        return strict, counts
+        return strict, unresolved, unresolved
     first = np.ones(len(values), dtype=bool)  # True: daylight time, the first pass of a repeated hour
     resolved = values.dt.tz_localize(timezone, ambiguous=first, nonexistent=pd.Timedelta(hours=1))
     nonexistent = values.dt.tz_localize(timezone, ambiguous=first, nonexistent="NaT").isna() & values.notna()
-    counts["nonexistent_local_times"] = int(nonexistent.sum())
-    counts["ambiguous_local_times"] = int(unresolved.sum()) - counts["nonexistent_local_times"]
-    return resolved, counts
+    return resolved, unresolved & ~nonexistent, nonexistent
 
 
 def assemble_timestamp(spec: PipelineSpec, frame: pd.DataFrame) -> pd.Series:
@@ -135,16 +133,16 @@ def assemble_timestamp(spec: PipelineSpec, frame: pd.DataFrame) -> pd.Series:
 
 
 def parse_timestamps(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """:func:`parse_timestamps_counted` without the counts."""
-    return parse_timestamps_counted(spec, frame)[0]
+    """:func:`parse_timestamps_flagged` without the flags."""
+    return parse_timestamps_flagged(spec, frame)[0]
 
 
-def parse_timestamps_counted(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+def parse_timestamps_flagged(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Timestamp column as UTC datetimes (assembled from its parts if the spec says so; naive values are in
     the spec's timezone, read by :data:`DST_RULE`; junk becomes NaT), and numeric features and target in
     nullable extension dtypes (``Int64``, ``Float64``, as pandas writes them to Parquet) as numpy numbers
-    (floats with NaN where values are missing), the types the gate expects. Also the count of local times
-    the daylight-saving rule decided, and of unreadable timestamps."""
+    (floats with NaN where values are missing), the types the gate expects. Also, per row, whether the
+    daylight-saving rule decided its time (``ambiguous``, ``nonexistent``) or it was unreadable."""
     import pandas as pd
 
     numbers = {f.name for f in spec.features if f.type == FeatureType.NUMERIC}
@@ -160,23 +158,23 @@ def parse_timestamps_counted(spec: PipelineSpec, frame: pd.DataFrame) -> tuple[p
             for c in masked
         })
     column = spec.timestamp_column
-    counts = {"ambiguous_local_times": 0, "nonexistent_local_times": 0, "unreadable_timestamps": 0}
+    none = pd.Series(False, index=frame.index)
+    flags = pd.DataFrame({"ambiguous": none, "nonexistent": none, "unreadable": none})
     if spec.timestamp_parts:
         values = assemble_timestamp(spec, frame)
     elif column in frame.columns:
         values = frame[column]
     else:
-        return frame, counts
+        return frame, flags
     given = values.notna()
     if not pd.api.types.is_datetime64_any_dtype(values):
         values = pd.to_datetime(values, errors="coerce", utc=False, format="mixed")
     if getattr(values.dt, "tz", None) is None:
-        values, dst = localize_naive(values, spec.schedule.timezone)
-        counts.update(dst)
-    counts["unreadable_timestamps"] = int((given & values.isna()).sum())
+        values, flags["ambiguous"], flags["nonexistent"] = localize_naive(values, spec.schedule.timezone)
+    flags["unreadable"] = given & values.isna()
     frame = frame.copy()
     frame[column] = values.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    return frame, counts
+    return frame, flags
 
 
 def derive_row_key(spec: PipelineSpec, frame: pd.DataFrame) -> pd.Series:
@@ -215,9 +213,9 @@ def read_raw_frame(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> tupl
     import pandas as pd
 
     file_rows = len(frame)
-    frame, counts = parse_timestamps_counted(spec, frame)
+    frame, flags = parse_timestamps_flagged(spec, frame)
     frame = frame.drop(columns=[c for c in spec.etl.ignore_columns if c in frame.columns])
-    read: dict[str, Any] = {"file_rows": file_rows, **counts, "timestamp_rule": DST_RULE}
+    read: dict[str, Any] = {"file_rows": file_rows, "timestamp_rule": DST_RULE}
     if spec.source.kind == "historical":
         if spec.timestamp_column not in frame.columns:
             raise DataQualityError(f"historical source {spec.source.path} has no column {spec.timestamp_column!r}")
@@ -225,11 +223,17 @@ def read_raw_frame(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> tupl
         ts = frame[spec.timestamp_column]
         if ts.notna().any():
             read["file_range"] = [ts.min().isoformat(), ts.max().isoformat()]
-        frame = frame[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))].reset_index(drop=True)
+        # Rows whose time cannot be read belong to no day: counted on every day the file feeds.
+        read["file_unreadable_timestamps"] = int(flags["unreadable"].sum())
+        in_day = ((ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))).to_numpy()
+        frame, flags = frame[in_day].reset_index(drop=True), flags[in_day]
         if frame.empty:  # a day the file does not hold: missing (the spec's on_missing_day), not a 0-row day
             covered = " .. ".join(read.get("file_range", ["(no readable timestamps)"]))
             raise MissingDataError(f"no rows for {spec.name} ds={ds} in {spec.source.path} (it covers {covered}; "
-                                   f"{counts['unreadable_timestamps']} rows have unreadable timestamps)")
+                                   f"{read['file_unreadable_timestamps']} rows have unreadable timestamps)")
+    read.update(ambiguous_local_times=int(flags["ambiguous"].sum()),
+                nonexistent_local_times=int(flags["nonexistent"].sum()),
+                unreadable_timestamps=int(flags["unreadable"].sum()))
     if spec.derive_row_key:
         frame = frame.assign(**{ROW_KEY: derive_row_key(spec, frame)})
     read["extra_columns"] = sorted(c for c in frame.columns if c not in spec.source_columns
