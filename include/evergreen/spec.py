@@ -320,8 +320,9 @@ class PipelineSpec(_Model):
         if clash:
             raise ValueError(f"features must not include the target, timestamp or keys: {clash}")
         feature_names = set(names)
-        if self.gates.slice_feature and self.gates.slice_feature not in feature_names:
-            raise ValueError(f"gates.slice_feature {self.gates.slice_feature!r} is not a feature")
+        if self.gates.slice_feature and self.gates.slice_feature not in self.model_features:
+            raise ValueError(f"gates.slice_feature {self.gates.slice_feature!r} is not a feature (time features "
+                             f"count when etl.time_features is on)")
         unknown = sorted(set(self.drift.key_features) - feature_names)
         if unknown:
             raise ValueError(f"drift.key_features are not features: {unknown}")
@@ -373,7 +374,10 @@ def _format_error(path: Path, exc: ValidationError) -> str:
     lines = [f"invalid spec {path}:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
+        hint = ""
+        if isinstance(err.get("input"), bool) and err["type"] == "string_type":
+            hint = " (YAML reads bare yes/no/on/off/true/false as booleans: quote the value)"
+        lines.append(f"  {where}: {err['msg']}{hint}")
     return "\n".join(lines)
 
 
