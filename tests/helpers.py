@@ -243,7 +243,7 @@ def sensor_spec_yaml(name: str, timezone: str, *, start_date: str = "2026-01-01"
     naive local timestamps in ``timezone``, a ``yes``/``no`` label, integer-coded ``season`` and an
     ``operator`` column the spec does not name. ``sections`` replace top-level YAML blocks by key."""
     blocks = {
-        "source": "source: {kind: historical, path: raw/%s/readings.csv, format: csv}" % name,
+        "source": f"source: {{kind: historical, path: raw/{name}/readings.csv, format: csv}}",
         "timestamp": "timestamp_column: read_at",
         "target": "target: {name: alarm, positive_label: \"yes\", negative_label: \"no\"}",
         "features": (

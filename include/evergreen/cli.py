@@ -1,4 +1,4 @@
-"""``evergreen`` command line: specs, demo data, one-off ETL, rollback and decision history."""
+"""``evergreen`` command line: specs, demo data, one-off ETL, backtests, rollback and decision history."""
 
 from __future__ import annotations
 
@@ -113,6 +113,24 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from evergreen.backtest import parse_policies, run_backtest, write_report
+    from evergreen.spec import get_spec
+
+    policies = parse_policies(args.policies)
+    report = run_backtest(get_spec(args.spec), args.start, args.end, policies, window_days=args.window_days)
+    paths = write_report(report, args.out)
+    print(f"{'policy':<12} {report['metric']:>10} {report['primary_metric']:>10} retrains promotions alarms  compute_s")
+    for name, p in report["policies"].items():
+        score = "n/a" if p["score"] is None else f"{p['score']:.4f}"
+        primary = "n/a" if p["primary_score"] is None else f"{p['primary_score']:.4f}"
+        print(f"{name:<12} {score:>10} {primary:>10} {p['retrains']:>8} {p['promotions']:>10} {p['alarms']:>6} "
+              f"{p['compute_seconds']:>10.1f}")
+    print(f"{report['days']} days, {report['fits']} fits in {report['fit_seconds']:.1f} s, "
+          f"{report['wall_seconds']:.1f} s in all; wrote {paths['json']} and {paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evergreen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--to-version", help="model version to make champion")
     rb.add_argument("--reason", default="manual rollback from the CLI")
     rb.set_defaults(func=_cmd_rollback)
+
+    bt = sub.add_parser("backtest", help="replay published history under retraining policies (data-time clock)")
+    bt.add_argument("--spec", required=True)
+    bt.add_argument("--start", type=_date, required=True, help="first day scored (the initial model is trained "
+                                                               "on the window ending the day before)")
+    bt.add_argument("--end", type=_date, required=True)
+    bt.add_argument("--policies", default="static,every:1,every:7,gated:1,triggered",
+                    help="comma-separated: static, every:N, gated:N, triggered")
+    bt.add_argument("--window-days", type=int, help="training window (default: the spec's window.days)")
+    bt.add_argument("--out", required=True, help="folder for backtest.json and backtest.html")
+    bt.set_defaults(func=_cmd_backtest)
 
     hist = sub.add_parser("history", help="print the promotion decision log of a spec")
     hist.add_argument("--spec", required=True)

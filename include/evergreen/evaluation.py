@@ -297,6 +297,36 @@ def evaluate_gates(
     )
 
 
+# Gates a challenger may fail and still replace a champion it beats on the same holdout rows: serving the
+# better model beats keeping a worse one because neither clears the bar (the decision says so, loudly).
+BAR_GATES_PREFIXES = ("absolute:", "lift_over_baseline")
+PROMOTING = frozenset({"promote", "promote_below_bar"})
+
+
+def promotion_outcome(gate_report: Mapping[str, Any], *, bar_blocks: bool = False) -> tuple[str, list[str]]:
+    """What a gate report decides: ``promote``, ``promote_below_bar``, ``register`` (passed, does not beat
+    the champion) or ``reject``; and the reasons. One rule for the registry and the backtest.
+
+    A challenger that beats the champion on the challenger's holdout is promoted even when only absolute
+    thresholds or the lift over the baseline fail (``promote_below_bar``), unless ``bar_blocks``
+    (``gates.bar_blocks`` in the spec): otherwise a stale champion that fails the same bar would stay.
+    """
+    failed = list(gate_report.get("failed") or [])
+    beats = gate_report.get("beats_champion")
+    has_champion = gate_report.get("champion_version") is not None
+    if not failed:
+        if not has_champion or beats:
+            return "promote", []
+        return "register", [f"does not beat champion {gate_report.get('champion_version')} on the same holdout"]
+    reasons = [f"gate {g['name']} failed: {g.get('detail', '')}".rstrip(": ")
+               for g in gate_report.get("gates") or [] if g.get("name") in failed]
+    below_bar_only = all(name.startswith(BAR_GATES_PREFIXES) for name in failed)
+    if has_champion and beats and below_bar_only and not bar_blocks:
+        return "promote_below_bar", [f"below the bar ({', '.join(failed)}) but better than champion "
+                                     f"{gate_report.get('champion_version')} on the same holdout", *reasons]
+    return "reject", reasons or [f"gates failed: {', '.join(failed)}"]
+
+
 def json_safe(obj: Any) -> Any:
     """Plain JSON types; NaN/inf become None (JSON has no NaN)."""
     if isinstance(obj, Mapping):

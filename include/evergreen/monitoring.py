@@ -349,6 +349,20 @@ def trigger_run_id(report: dict[str, Any]) -> str:
     return f"drift__{report['ds']}__{report['sha256'][:12]}"
 
 
+def retrain_verdict(*, streak: int, required: int, last_trigger: dt.datetime | None, now: dt.datetime,
+                    cooldown: dt.timedelta) -> tuple[str, str]:
+    """Whether a drifted report may trigger a retrain: ``(decision, detail)`` with decision
+    ``below_hysteresis`` (fewer than ``required`` consecutive drifted reports), ``cooldown`` (the last
+    trigger is less than ``cooldown`` before ``now``) or ``eligible``. The sensor passes wall-clock times,
+    the backtest data times."""
+    if streak < required:
+        return "below_hysteresis", f"{streak} of {required} consecutive drifted reports"
+    if last_trigger is not None and now - last_trigger < cooldown:
+        return "cooldown", (f"last retrain triggered at {last_trigger.isoformat()}, cooldown "
+                            f"{cooldown.total_seconds() / 3600:g} h until {(last_trigger + cooldown).isoformat()}")
+    return "eligible", ""
+
+
 def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
     """Decide on every unacted report and record each decision in the ledger.
 
@@ -395,16 +409,15 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
             entry["decision"] = "no_drift"
         elif run_id in triggered_runs:
             entry["decision"] = "duplicate"
-        elif (streak := consecutive_drifted(report["ds"])) < cfg.consecutive_reports:
-            entry["decision"] = "below_hysteresis"
-            entry["detail"] = f"{streak} of {cfg.consecutive_reports} consecutive drifted reports"
-        elif last_trigger is not None and now - last_trigger < cooldown:
-            entry["decision"] = "cooldown"
-            entry["detail"] = (f"last drift retrain triggered at {last_trigger.isoformat()}, cooldown "
-                               f"{cfg.cooldown_hours:g} h until {(last_trigger + cooldown).isoformat()}")
         else:
-            entry["decision"] = "eligible"
-            eligible.append(entry)
+            decision, detail = retrain_verdict(streak=consecutive_drifted(report["ds"]),
+                                               required=cfg.consecutive_reports, last_trigger=last_trigger,
+                                               now=now, cooldown=cooldown)
+            entry["decision"] = decision
+            if detail:
+                entry["detail"] = detail
+            if decision == "eligible":
+                eligible.append(entry)
         decisions.append(entry)
 
     trigger = None

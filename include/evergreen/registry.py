@@ -23,6 +23,7 @@ from typing import Any
 
 from evergreen import layout, settings, storage
 from evergreen.errors import RegistryError
+from evergreen.evaluation import PROMOTING, promotion_outcome
 from evergreen.spec import PipelineSpec
 from evergreen.tracking import Tag, model_uri_of, truncate
 
@@ -367,8 +368,10 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
     name = spec.registered_model_name
     expected = gate_report.get("champion_version")
     expected = str(expected) if expected is not None else None
-    passed = bool(gate_report.get("passed"))
-    beats = expected is None or bool(gate_report.get("beats_champion"))
+    outcome, outcome_reasons = promotion_outcome(gate_report, bar_blocks=spec.gates.bar_blocks)
+    passed = outcome != "reject"
+    beats = outcome in PROMOTING
+    below_bar = outcome == "promote_below_bar"
     client = _client()
     champion_before = alias_version(client, name, CHAMPION)
     record: dict[str, Any] = {
@@ -384,7 +387,10 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         "champion_before": champion_before,
         "champion_after": champion_before,
         "reasons": [],
+        "below_bar": below_bar,
     }
+    if below_bar:  # loud: the new champion fails a bar, the old one failed it worse on the same rows
+        log.warning("%s run %s: %s", spec.name, run_id, "; ".join(outcome_reasons))
 
     if dry_run:
         if not passed:
@@ -411,7 +417,7 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
     version_tags = {
         **{k: truncate(v) for k, v in run_tags.items() if k.startswith(Tag.PREFIX) and k not in Tag.NOT_LINEAGE},
         Tag.RUN_ID: run_id,
-        Tag.GATES_PASSED: "true",
+        Tag.GATES_PASSED: "false" if below_bar else "true",
         Tag.PRIMARY_METRIC: str(summary["primary_metric"]),
         Tag.PRIMARY_METRIC_VALUE: str(summary["challenger"]),
         Tag.CHAMPION_EVALUATED_AGAINST: str(expected),
@@ -438,6 +444,8 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
     else:
         won, champion_after, reasons, read_to_set = _compare_and_set_champion(client, name, expected, version, settle)
         kind = "promoted" if won else "registered"
+        if below_bar:
+            reasons = [*outcome_reasons, *reasons]
         if won and alias_version(client, name, CHALLENGER) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
     decision_tags = {Tag.DECISION: kind, Tag.DECIDED_AT: decided.isoformat(), Tag.DECIDED_BY: actor}

@@ -148,7 +148,6 @@ class TargetSpec(_Model):
         return self
 
 
-
 class ScheduleSpec(_Model):
     """When the ETL runs. ``cron`` covers one data interval (one day for ``@daily``)."""
 
@@ -240,6 +239,9 @@ class GatesSpec(_Model):
     min_slice_metric: float | None = None
     max_slice_gap: float | None = None
     min_slice_rows: int = Field(default=50, ge=1)
+    # A challenger that beats the champion on the same holdout replaces it even when it fails an absolute
+    # threshold or the lift over the baseline ("below the bar", recorded and logged); true: those block.
+    bar_blocks: bool = False
 
 
 class DriftSpec(_Model):

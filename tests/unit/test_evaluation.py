@@ -199,3 +199,29 @@ def test_single_class_holdout_is_not_evaluable_never_a_pass() -> None:
     assert {g.name: g.status for g in one_slice.gates if "slice" in g.name} == {
         "min_slice_metric": "not_evaluated", "max_slice_gap": "not_evaluated"}
     assert "1 channel slice(s)" in gate(one_slice, "max_slice_gap").detail
+
+
+@pytest.mark.parametrize(
+    ("failed", "beats", "champion", "bar_blocks", "outcome"),
+    [
+        pytest.param([], None, None, False, "promote", id="first-model"),
+        pytest.param([], True, "3", False, "promote", id="beats-champion"),
+        pytest.param([], False, "3", False, "register", id="passes-does-not-beat"),
+        pytest.param(["absolute:rmse"], True, "3", False, "promote_below_bar", id="below-bar-but-better"),
+        pytest.param(["lift_over_baseline"], True, "3", False, "promote_below_bar", id="loses-to-baseline-but-better"),
+        pytest.param(["absolute:rmse"], True, "3", True, "reject", id="bar-blocks"),
+        pytest.param(["absolute:rmse"], None, None, False, "reject", id="below-bar-no-champion"),
+        pytest.param(["absolute:rmse"], False, "3", False, "reject", id="below-bar-and-worse"),
+        pytest.param(["max_slice_gap"], True, "3", False, "reject", id="slice-gate-never-waived"),
+        pytest.param(["primary_metric:rmse"], None, "3", False, "reject", id="not-evaluable"),
+    ],
+)
+def test_promotion_outcome(failed: list[str], beats: bool | None, champion: str | None, bar_blocks: bool,
+                           outcome: str) -> None:
+    from evergreen.evaluation import promotion_outcome
+
+    report = {"failed": failed, "beats_champion": beats, "champion_version": champion,
+              "gates": [{"name": n, "detail": "why"} for n in failed]}
+    got, reasons = promotion_outcome(report, bar_blocks=bar_blocks)
+    assert got == outcome
+    assert bool(reasons) == (outcome != "promote")

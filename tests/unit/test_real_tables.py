@@ -264,3 +264,26 @@ def test_timestamp_from_parts(tmp_path: Path, storage_root: Path) -> None:
     local = pd.to_datetime(stored["read_at"], utc=True).dt.tz_convert("Asia/Shanghai")
     assert len(stored) == 24 and sorted(local.dt.hour) == list(range(24))
     assert manifest(spec, day)["validation"]["read"]["extra_columns"] == ["operator"]  # parts are named
+
+
+def test_timestamp_from_a_date_and_an_hour_column(tmp_path: Path, storage_root: Path) -> None:
+    spec = write_spec(tmp_path, "split", "America/Chicago",
+                      timestamp="timestamp_column: read_at\ntimestamp_parts: {date: day, hour: hour}")
+    day = dt.date(2026, 11, 1)  # fall back: the hour 1 appears twice
+    raw = sensor_readings("America/Chicago", day, day)
+    stamps = pd.to_datetime(raw.pop("read_at"))
+    land_csv(raw.assign(day=stamps.dt.strftime("%Y-%m-%d"), hour=stamps.dt.hour), spec.source.path)
+    assert ingest.run_feature_etl(spec, day)["rows"] == 25
+    assert manifest(spec, day)["validation"]["read"]["ambiguous_local_times"] == 2
+
+
+def test_a_truncated_parquet_file_fails_naming_the_file(tmp_path: Path, storage_root: Path) -> None:
+    spec = write_spec(tmp_path, "pq", source="source: {kind: daily_files, path: 'raw/pq/ds={ds}/part.parquet', "
+                                             "format: parquet}")
+    day = dt.date(2026, 5, 4)
+    path = Path(storage.at(f"raw/pq/ds={day}/part.parquet").path)
+    path.parent.mkdir(parents=True)
+    sensor_readings("UTC", day, day).to_parquet(path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(DataQualityError, match=r"part.parquet cannot be read as parquet"):
+        ingest.run_feature_etl(spec, day)

@@ -319,3 +319,25 @@ def test_champion_on_answers_by_date(env: dict[str, Any]) -> None:
     assert later["reasons"] == ["latency regression"] and later["actor"] == "oncall"
     kinds = [d["kind"] for d in decision_history(spec)]
     assert kinds == ["promoted", "promoted", "registered", "rolled_back"]
+
+
+def test_a_better_candidate_below_the_bar_still_replaces_the_champion(env: dict[str, Any]) -> None:
+    """The probe of issue 13: every candidate failed an absolute bar, so a worse champion stayed forever."""
+    client, name = env["client"], env["name"]
+    assert evaluate_and_promote(env, "weak", T0)["kind"] == "promoted"
+    strict = env["spec"].model_copy(update={"gates": env["spec"].gates.model_copy(
+        update={"absolute": {"roc_auc": 0.999}})})
+    report = evaluate_challenger(strict, env["strong_a"])
+    assert report["failed"] == ["absolute:roc_auc"] and report["beats_champion"] is True
+    decision = promote_if_better(strict, env["strong_a"], report, dry_run=False, actor="test",
+                                 decided_at=T0 + dt.timedelta(days=1))
+    assert decision["kind"] == "promoted" and decision["below_bar"] is True
+    assert "below the bar (absolute:roc_auc)" in decision["reasons"][0]
+    assert alias(client, name, "champion") == decision["version"] == "2"
+    assert client.get_model_version(name, "2").tags["evergreen.gates_passed"] == "false"
+    # Unless the spec says the bar blocks: then the better candidate is rejected like any failure.
+    blocking = strict.model_copy(update={"gates": strict.gates.model_copy(update={"bar_blocks": True})})
+    report = evaluate_challenger(blocking, env["strong_b"])
+    decision = promote_if_better(blocking, env["strong_b"], report, dry_run=False, actor="test",
+                                 decided_at=T0 + dt.timedelta(days=2))
+    assert decision["kind"] == "rejected" and alias(client, name, "champion") == "2"

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from evergreen import __version__, layout, storage
 from evergreen.errors import DataQualityError, MissingDataError
 from evergreen.etl.features import add_time_features, sort_canonical
-from evergreen.etl.validation import partition_bounds, validate_frame
 from evergreen.etl.labels import binary_labels, label_texts
+from evergreen.etl.validation import partition_bounds, validate_frame
 from evergreen.spec import ROW_KEY, FeatureType, PipelineSpec, TaskType
 
 if TYPE_CHECKING:

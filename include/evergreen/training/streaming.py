@@ -29,7 +29,14 @@ from evergreen.errors import DataQualityError
 from evergreen.spec import FeatureType, PipelineSpec, TaskType
 from evergreen.tracking import DATASET_LOG_ROWS
 from evergreen.training.model import FeatureSchema, fit_feature_schema, prepare_features, xgboost_input
-from evergreen.training.window import TrainingWindow, cap_rows, labelled, load_day, read_features, target_values
+from evergreen.training.window import (
+    TrainingWindow,
+    cap_rows,
+    labelled,
+    load_day,
+    read_features,
+    target_values,
+)
 
 log = logging.getLogger(__name__)
 

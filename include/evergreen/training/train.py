@@ -109,17 +109,24 @@ def fit_booster(spec: PipelineSpec, window: TrainingWindow, params: Mapping[str,
     return fitted
 
 
+def predict_booster(booster: Any, schema: FeatureSchema, frame: pd.DataFrame) -> np.ndarray:
+    """The booster's scores on feature rows (what the served model computes, without MLflow around it)."""
+    import xgboost as xgb
+
+    if frame.empty:
+        return np.empty(0, dtype="float64")
+    matrix = xgboost_input(prepare_features(frame, schema), schema)
+    return np.asarray(booster.predict(xgb.DMatrix(matrix, enable_categorical=True)), dtype="float64")
+
+
 def score_holdout(spec: PipelineSpec, window: TrainingWindow, booster: Any, baseline: Any,
                   schema: FeatureSchema) -> HoldoutScores:
     """Both models' scores on the holdout days, one day at a time."""
-    import xgboost as xgb
-
     days = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in window.holdout_days]
     challenger, base = [], []
     for day in days:
-        X_day = prepare_features(day, schema)
-        challenger.append(booster.predict(xgb.DMatrix(xgboost_input(X_day, schema), enable_categorical=True)))
-        base.append(predict_baseline(baseline, baseline_input(X_day, schema), spec.task_type))
+        challenger.append(predict_booster(booster, schema, day))
+        base.append(predict_baseline(baseline, baseline_input(prepare_features(day, schema), schema), spec.task_type))
     frame = pd.concat(days, ignore_index=True)
     return HoldoutScores(frame=frame, y=target_values(frame, spec), challenger=np.concatenate(challenger),
                          baseline=np.concatenate(base))
@@ -139,17 +146,25 @@ def reference_profile(spec: PipelineSpec, fitted: FittedBooster, holdout: Holdou
     return profile
 
 
-def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
-                     streaming: bool = True) -> dict[str, Any]:
-    """Train the XGBoost challenger and the linear baseline on ``window``; log both to MLflow.
+@dataclass
+class Challenger:
+    """A fitted challenger before anything is logged: booster, baseline, holdout scores and metrics."""
 
-    ``streaming`` (default) feeds XGBoost one partition at a time, so memory does not grow with the window;
-    ``streaming=False`` concatenates the days in pandas first (the reference path: same model, more memory).
-    The baseline and the reference profile use at most ``SAMPLE_MAX_ROWS`` training rows (hash-sampled).
+    window: TrainingWindow
+    params: dict[str, Any]
+    fitted: FittedBooster
+    baseline: Any
+    holdout: HoldoutScores
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    profile: dict[str, Any]
+    steps: StepTimer
 
-    Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
-    best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
-    """
+
+def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: bool = True) -> Challenger:
+    """The XGBoost fit (early-stopped on the validation days), the linear baseline, both scored on the
+    holdout days, and the drift reference profile. No MLflow: the training DAG logs the result
+    (:func:`train_challenger`), the backtest uses it as it is."""
     if window.spec != spec.name:
         raise ValueError(f"window is for spec {window.spec!r}, not {spec.name!r}")
     params = xgb_params(spec)
@@ -165,18 +180,35 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
     metrics = compute_metrics(spec.task_type, holdout.y, holdout.challenger)
     baseline_metrics = compute_metrics(spec.task_type, holdout.y, holdout.baseline)
     steps.mark("holdout", rows=len(holdout.frame))
+    return Challenger(window=window, params=params, fitted=fitted, baseline=baseline, holdout=holdout,
+                      metrics=metrics, baseline_metrics=baseline_metrics,
+                      profile=reference_profile(spec, fitted, holdout), steps=steps)
 
+
+def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
+                     streaming: bool = True) -> dict[str, Any]:
+    """Train the XGBoost challenger and the linear baseline on ``window``; log both to MLflow.
+
+    ``streaming`` (default) feeds XGBoost one partition at a time, so memory does not grow with the window;
+    ``streaming=False`` concatenates the days in pandas first (the reference path: same model, more memory).
+    The baseline and the reference profile use at most ``SAMPLE_MAX_ROWS`` training rows (hash-sampled).
+
+    Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
+    best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
+    """
+    trained = fit_challenger(spec, window, streaming=streaming)
     logged = tracking.log_challenger_run(
-        spec, window, lineage=lineage, params=params, streaming=streaming, fitted=fitted, holdout=holdout,
-        metrics=metrics, baseline_metrics=baseline_metrics, baseline_kind=type(baseline[-1]).__name__,
-        profile=reference_profile(spec, fitted, holdout), steps=steps, model_code=Path(model.__file__),
+        spec, window, lineage=lineage, params=trained.params, streaming=streaming, fitted=trained.fitted,
+        holdout=trained.holdout, metrics=trained.metrics, baseline_metrics=trained.baseline_metrics,
+        baseline_kind=type(trained.baseline[-1]).__name__, profile=trained.profile, steps=trained.steps,
+        model_code=Path(model.__file__),
     )
     return {
         **logged,
-        "metrics": metrics,
-        "baseline_metrics": baseline_metrics,
-        "validation_metrics": fitted.validation_metrics,
-        "best_iteration": fitted.best_iteration,
+        "metrics": trained.metrics,
+        "baseline_metrics": trained.baseline_metrics,
+        "validation_metrics": trained.fitted.validation_metrics,
+        "best_iteration": trained.fitted.best_iteration,
         "data_digest": window.data_digest,
         "as_of": window.as_of.isoformat(),
     }

@@ -1,0 +1,371 @@
+"""Continuous-training backtest: replay a spec's published history day by day on a data-time clock.
+
+For each published day D from ``start`` to ``end`` and each policy: score D with the model that policy
+would be serving on D (trained on days before D only), take the day's metric from its labels and the
+drift verdict against that model's reference, then let the policy decide whether to retrain on the
+window ending D (the new model serves from D+1). The pieces are the library's own: ``select_window``,
+``fit_challenger`` (the XGBoost fit, baseline and holdout of the training DAG), ``evaluate_gates``,
+``promotion_outcome``, ``drift_report`` and ``retrain_verdict`` (hysteresis and a cooldown, here in data
+time). Nothing is registered and nothing is written under the storage root: the champion of each policy
+is an in-memory scratch registry, and the report goes to the output folder. A fit is done once per
+window end and shared by the policies that ask for it.
+
+Policies: ``static`` (the initial model forever), ``every:N`` (retrain every N days, the candidate always
+replaces the champion), ``gated:N`` (every N days, through the spec's gates) and ``triggered`` (when the
+drift verdict says so, with the spec's hysteresis and cooldown, through the gates).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evergreen import layout, storage
+from evergreen.drift.statistics import drift_report
+from evergreen.errors import DataQualityError, EvergreenError
+from evergreen.etl.features import add_time_features
+from evergreen.evaluation import (
+    PROMOTING,
+    compute_metrics,
+    compute_slice_metrics,
+    evaluate_gates,
+    higher_is_better,
+    json_safe,
+    promotion_outcome,
+)
+from evergreen.monitoring import retrain_verdict
+from evergreen.spec import PipelineSpec, TaskType
+from evergreen.training.train import Challenger, fit_challenger, predict_booster
+from evergreen.training.window import read_features, select_window
+
+REPORT_JSON = "backtest.json"
+REPORT_HTML = "backtest.html"
+
+
+class BacktestError(EvergreenError):
+    """The backtest cannot run as asked (bad policy, no published days, no history to start from)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    kind: str  # static | every | gated | triggered
+    every: int = 0
+
+    @property
+    def gated(self) -> bool:
+        return self.kind in ("gated", "triggered")
+
+
+def parse_policies(text: str | Sequence[str]) -> list[Policy]:
+    """``static,every:1,every:7,gated:1,triggered`` -> policies (a clear error for anything else)."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    policies = []
+    for name in names:
+        kind, _, arg = name.partition(":")
+        if kind in ("static", "triggered") and not arg:
+            policies.append(Policy(name, kind))
+        elif kind in ("every", "gated") and arg.isdigit() and int(arg) >= 1:
+            policies.append(Policy(name, kind, int(arg)))
+        else:
+            raise BacktestError(f"unknown policy {name!r}: use static, every:N, gated:N or triggered")
+    if not policies or len({p.name for p in policies}) != len(policies):
+        raise BacktestError(f"give each policy once: {names}")
+    return policies
+
+
+def daily_metric(spec: PipelineSpec) -> tuple[str, str]:
+    """The metric every day is scored with, and its direction: RMSE (min) or accuracy (max)."""
+    return ("rmse", "min") if spec.task_type == TaskType.REGRESSION else ("accuracy", "max")
+
+
+@dataclass
+class _Day:
+    frame: pd.DataFrame  # every row (drift), time features added
+    labelled: np.ndarray  # mask of rows with a label
+
+
+@dataclass
+class _PolicyState:
+    model: Challenger
+    last_retrain: dt.date
+    streak: int = 0
+    daily: list[dict[str, Any]] = field(default_factory=list)
+    retrains: int = 0
+    promotions: int = 0
+    alarms: int = 0
+    seconds: float = 0.0
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Replay:
+    """Caches shared by the policies: one fit per window end, one scoring and drift verdict per (model, day)."""
+
+    def __init__(self, spec: PipelineSpec, window_days: int | None) -> None:
+        self.spec = spec
+        self.window_days = window_days
+        self.fits: dict[dt.date, Challenger | None] = {}
+        self.fit_seconds: dict[dt.date, float] = {}
+        self.fit_errors: dict[dt.date, str] = {}
+        self.days: dict[dt.date, _Day] = {}
+        self.scores: dict[tuple[dt.date, dt.date], np.ndarray] = {}
+        self.verdicts: dict[tuple[dt.date, dt.date], dict[str, Any]] = {}
+
+    def candidate(self, as_of: dt.date) -> Challenger | None:
+        """The challenger trained on the window ending ``as_of`` (None when that window is not trainable)."""
+        if as_of not in self.fits:
+            began = time.perf_counter()
+            try:
+                window = select_window(self.spec, as_of, self.window_days)
+                self.fits[as_of] = fit_challenger(self.spec, window)
+            except DataQualityError as exc:  # too few days or rows, a single class: keep serving
+                self.fits[as_of] = None
+                self.fit_errors[as_of] = str(exc)
+            self.fit_seconds[as_of] = time.perf_counter() - began
+        return self.fits[as_of]
+
+    def day(self, ds: dt.date) -> _Day:
+        if ds not in self.days:
+            frame = add_time_features(read_features(self.spec, ds), self.spec, overwrite=False)
+            target = pd.to_numeric(frame[self.spec.target.name], errors="coerce")
+            self.days[ds] = _Day(frame=frame, labelled=target.notna().to_numpy())
+        return self.days[ds]
+
+    def predictions(self, model: Challenger, ds: dt.date) -> tuple[np.ndarray, float]:
+        """The model's scores on every row of ``ds``, and the seconds it took (0 when cached)."""
+        key = (model.window.as_of, ds)
+        if key in self.scores:
+            return self.scores[key], 0.0
+        began = time.perf_counter()
+        self.scores[key] = predict_booster(model.fitted.booster, model.fitted.schema, self.day(ds).frame)
+        return self.scores[key], time.perf_counter() - began
+
+    def verdict(self, model: Challenger, ds: dt.date, scores: np.ndarray) -> dict[str, Any]:
+        key = (model.window.as_of, ds)
+        if key not in self.verdicts:
+            day = self.day(ds)
+            report = drift_report(self.spec, model.profile, day.frame, champion_version=model.window.as_of.isoformat(),
+                                  scores=scores, labels=day.frame[self.spec.target.name],
+                                  champion_metric=model.metrics, ds=ds)
+            self.verdicts[key] = {"drift_detected": report["drift_detected"], "reasons": report["reasons"],
+                                  "drifted_share": report["drifted_share"]}
+        return self.verdicts[key]
+
+
+def _gate(spec: PipelineSpec, candidate: Challenger, champion: Challenger) -> dict[str, Any]:
+    """The training DAG's gates for ``candidate``: the champion re-scored on the candidate's holdout."""
+    holdout = candidate.holdout
+    champion_pred = predict_booster(champion.fitted.booster, champion.fitted.schema, holdout.frame)
+    champion_metrics = compute_metrics(spec.task_type, holdout.y, champion_pred)
+    slices: dict[str, dict[str, float]] = {}
+    if spec.gates.slice_feature:
+        slices = compute_slice_metrics(spec.task_type, holdout.frame[spec.gates.slice_feature], holdout.y,
+                                       holdout.challenger, min_rows=spec.gates.min_slice_rows)
+    classes = len(np.unique(holdout.y)) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None
+    report = evaluate_gates(spec, candidate.metrics, candidate.baseline_metrics, champion_metrics, slices, classes)
+    return {**report.to_dict(), "champion_version": "scratch"}
+
+
+def _day_metrics(spec: PipelineSpec, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    if y.size == 0:
+        return {}
+    return compute_metrics(spec.task_type, y, pred)
+
+
+def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Sequence[Policy], *,
+                 window_days: int | None = None) -> dict[str, Any]:
+    """Replay ``start..end`` (published days only) under each policy; the report (see the module docstring)."""
+    if end < start:
+        raise BacktestError(f"end {end} is before start {start}")
+    days = sorted(d for d in storage.list_partitions(layout.FEATURES, spec.name) if start <= d <= end)
+    if not days:
+        raise BacktestError(f"no published {spec.name} feature partitions between {start} and {end}")
+    replay = _Replay(spec, window_days)
+    began = time.perf_counter()
+    initial_as_of = days[0] - dt.timedelta(days=1)
+    initial = replay.candidate(initial_as_of)
+    if initial is None:
+        raise BacktestError(f"cannot train the initial model on the window ending {initial_as_of}: "
+                            f"{replay.fit_errors[initial_as_of]}")
+    metric, direction = daily_metric(spec)
+    primary = spec.primary_metric
+    states = {p.name: _PolicyState(model=initial, last_retrain=initial_as_of, seconds=replay.fit_seconds[initial_as_of])
+              for p in policies}
+    cooldown_days = spec.drift.cooldown_hours / 24.0
+
+    for index, ds in enumerate(days):
+        day = replay.day(ds)
+        y_all = pd.to_numeric(day.frame[spec.target.name], errors="coerce").to_numpy(dtype="float64")
+        for policy in policies:
+            state = states[policy.name]
+            model = state.model
+            scores, seconds = replay.predictions(model, ds)
+            state.seconds += seconds
+            mask = day.labelled
+            metrics = _day_metrics(spec, y_all[mask], scores[mask])
+            verdict = replay.verdict(model, ds, scores)
+            # Days the serving model was trained on say nothing about drift: reported, not judged.
+            judged = ds > model.window.as_of
+            alarm = judged and verdict["drift_detected"]
+            state.alarms += int(alarm)
+            state.streak = state.streak + 1 if alarm else 0
+            record: dict[str, Any] = {
+                "ds": ds.isoformat(), "rows": int(mask.sum()), "score": metrics.get(metric),
+                "primary": metrics.get(primary), "model": model.window.as_of.isoformat(), "alarm": alarm,
+                "retrained": False, "promoted": False, "reason": None,
+            }
+
+            due = policy.kind in ("every", "gated") and (index + 1) % policy.every == 0
+            if policy.kind == "triggered" and alarm:
+                decision, detail = retrain_verdict(
+                    streak=state.streak, required=spec.drift.consecutive_reports,
+                    last_trigger=dt.datetime.combine(state.last_retrain, dt.time(), tzinfo=dt.UTC),
+                    now=dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC),
+                    cooldown=dt.timedelta(days=cooldown_days))
+                due = decision == "eligible"
+                record["reason"] = detail or decision
+            if due:
+                candidate = replay.candidate(ds)
+                state.seconds += replay.fit_seconds[ds]  # a fit shared with another policy counts for both
+                state.decisions.append({"ds": ds.isoformat(), "fit": candidate is not None})
+                if candidate is None:
+                    record["reason"] = f"not trainable: {replay.fit_errors[ds][:200]}"
+                else:
+                    state.retrains += 1
+                    state.last_retrain = ds
+                    record["retrained"] = True
+                    if policy.gated:
+                        gates = _gate(spec, candidate, model)
+                        outcome, reasons = promotion_outcome(gates, bar_blocks=spec.gates.bar_blocks)
+                        promote = outcome in PROMOTING
+                        record["reason"] = "; ".join(reasons) if reasons else (record["reason"] or "gates passed")
+                    else:
+                        promote = True
+                        record["reason"] = record["reason"] or "scheduled"
+                    if promote:
+                        state.model = candidate
+                        state.promotions += 1
+                        record["promoted"] = True
+                        state.streak = 0
+            state.daily.append(record)
+
+    out_policies = {p.name: _summary(states[p.name], metric, primary) for p in policies}
+    fits = sum(1 for f in replay.fits.values() if f is not None)
+    return json_safe({
+        "spec": spec.name,
+        "start": days[0].isoformat(),
+        "end": days[-1].isoformat(),
+        "days": len(days),
+        "metric": metric,
+        "direction": direction,
+        "primary_metric": primary,
+        "primary_direction": "max" if higher_is_better(primary) else "min",
+        "window_days": window_days or spec.window.days,
+        "initial_model": initial_as_of.isoformat(),
+        "fits": fits,
+        "fit_seconds": round(sum(replay.fit_seconds.values()), 3),
+        "wall_seconds": round(time.perf_counter() - began, 3),
+        "policies": out_policies,
+    })
+
+
+def _weighted(daily: list[dict[str, Any]], key: str) -> float | None:
+    pairs = [(d[key], d["rows"]) for d in daily if d.get(key) is not None and d["rows"]]
+    total = sum(rows for _, rows in pairs)
+    return sum(v * rows for v, rows in pairs) / total if total else None
+
+
+def _summary(state: _PolicyState, metric: str, primary: str) -> dict[str, Any]:
+    return {
+        "score": _weighted(state.daily, "score"),
+        "primary_score": _weighted(state.daily, "primary"),
+        "retrains": state.retrains,
+        "promotions": state.promotions,
+        "alarms": state.alarms,
+        "alarm_share": state.alarms / len(state.daily) if state.daily else 0.0,
+        "compute_seconds": round(state.seconds, 3),
+        "daily": state.daily,
+    }
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """``backtest.json`` and ``backtest.html`` in ``out_dir`` (a local folder); their paths."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = folder / REPORT_JSON, folder / REPORT_HTML
+    json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    html_path.write_text(render_html(report))
+    return {"json": str(json_path), "html": str(html_path)}
+
+
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """One self-contained page: the daily metric of every policy on one chart (retrains marked) and the
+    summary table. Plain SVG, no script."""
+    policies = report["policies"]
+    days = [d["ds"] for d in next(iter(policies.values()))["daily"]]
+    values = [d["score"] for p in policies.values() for d in p["daily"] if d["score"] is not None]
+    width, height, pad = 960, 360, 50
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1.0
+
+    def x(i: int) -> float:
+        return pad + (width - 2 * pad) * (i / max(1, len(days) - 1))
+
+    def y(v: float) -> float:
+        return height - pad - (height - 2 * pad) * ((v - lo) / (hi - lo))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{pad}" y="20" font-size="13">{html.escape(report["metric"])} per day '
+             f'({"lower" if report["direction"] == "min" else "higher"} is better)</text>',
+             f'<text x="5" y="{y(hi) + 4:.1f}" font-size="11">{hi:.4g}</text>',
+             f'<text x="5" y="{y(lo) + 4:.1f}" font-size="11">{lo:.4g}</text>',
+             f'<text x="{pad}" y="{height - 15}" font-size="11">{html.escape(days[0])}</text>',
+             f'<text x="{width - pad - 70}" y="{height - 15}" font-size="11">{html.escape(days[-1])}</text>']
+    for k, (name, policy) in enumerate(policies.items()):
+        color = _COLORS[k % len(_COLORS)]
+        points = [(x(i), y(d["score"])) for i, d in enumerate(policy["daily"]) if d["score"] is not None]
+        if points:
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
+        for i, d in enumerate(policy["daily"]):
+            if d["promoted"] and d["score"] is not None:
+                parts.append(f'<circle cx="{x(i):.1f}" cy="{y(d["score"]):.1f}" r="3" fill="{color}">'
+                             f'<title>{html.escape(name)}: new model after {html.escape(d["ds"])}</title></circle>')
+        parts.append(f'<text x="{width - pad - 150}" y="{40 + 15 * k}" font-size="12" fill="{color}">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{_fmt(p['score'])}</td><td>{_fmt(p['primary_score'])}</td>"
+        f"<td>{p['retrains']}</td><td>{p['promotions']}</td><td>{p['alarms']} ({p['alarm_share']:.0%})</td>"
+        f"<td>{p['compute_seconds']:.1f}</td></tr>"
+        for name, p in policies.items())
+    title = f"Backtest of {report['spec']}: {report['start']} .. {report['end']}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{report['days']} days, {report['fits']} fits "
+            f"({report['fit_seconds']:.1f} s), window {report['window_days']} days. Dots: a new model serves "
+            f"from the next day.</p>{''.join(parts)}"
+            f"<table><tr><th>policy</th><th>{html.escape(report['metric'])}</th>"
+            f"<th>{html.escape(report['primary_metric'])}</th><th>retrains</th><th>promotions</th>"
+            f"<th>alarm days</th><th>compute s</th></tr>{rows}</table></body></html>\n")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
