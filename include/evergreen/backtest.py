@@ -157,7 +157,7 @@ class _Replay:
                                   scores=scores, labels=day.frame[self.spec.target.name],
                                   champion_metric=model.metrics, ds=ds)
             self.verdicts[key] = {"drift_detected": report["drift_detected"], "reasons": report["reasons"],
-                                  "drifted_share": report["drifted_share"]}
+                                  "drifted_share": report["drifted_share"], "judged": report["judged"]}
         return self.verdicts[key]
 
 
@@ -212,10 +212,8 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
             state.seconds += seconds
             mask = day.labelled
             metrics = _day_metrics(spec, y_all[mask], scores[mask])
-            verdict = replay.verdict(model, ds, scores)
-            # Days the serving model was trained on say nothing about drift: reported, not judged.
-            judged = ds > model.window.as_of
-            alarm = judged and verdict["drift_detected"]
+            verdict = replay.verdict(model, ds, scores)  # days the model was trained on are not judged
+            alarm = verdict["drift_detected"]
             state.alarms += int(alarm)
             state.streak = state.streak + 1 if alarm else 0
             record: dict[str, Any] = {

@@ -406,6 +406,7 @@ Every published partition without a current report (the champion loaded once per
    `drift_reports/{spec.name}` is updated for the sensor.
 
 Reruns are idempotent (one report per partition); a day missed while the scheduler was down is caught up.
+Trigger with `start` / `end` to report a stretch of history in one run.
 """,
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(spec.drift.monitor_cron, timezone=spec.schedule.timezone),
@@ -413,13 +414,23 @@ Reruns are idempotent (one report per partition); a day missed while the schedul
         ),
         max_active_runs=1,
         **_dag_defaults(spec, "monitoring", timeout_minutes=30),
+        params={
+            "start": Param(None, type=["null", "string"], format="date", pattern=DATE_PATTERN, title="From",
+                           description="First day to report (empty: the oldest unreported days, in batches)."),
+            "end": Param(None, type=["null", "string"], format="date", pattern=DATE_PATTERN, title="To",
+                         description="Last day to report (empty: the newest published day)."),
+        },
     )
     def drift_monitor() -> None:
         @task(multiple_outputs=False)
         def find_unreported_partitions() -> list[str]:
             from evergreen import monitoring
 
-            return monitoring.pending_partitions(spec)
+            params = get_current_context()["params"]
+            start, end = params.get("start") or None, params.get("end") or None
+            return monitoring.pending_partitions(
+                spec, start=dt.date.fromisoformat(start) if start else None,
+                end=dt.date.fromisoformat(end) if end else None)
 
         @task(multiple_outputs=False)
         def monitor_partitions(days: list[str]) -> list[dict[str, Any]]:

@@ -203,11 +203,15 @@ def load_champion_reference(spec: PipelineSpec) -> ChampionReference:
 
 
 # ------------------------------------------------------------------------------------------ monitor
-def pending_partitions(spec: PipelineSpec, limit: int = MAX_PARTITIONS_PER_RUN) -> list[str]:
-    """Published feature days without a current drift report (none yet, or made from other data).
+def pending_partitions(spec: PipelineSpec, limit: int = MAX_PARTITIONS_PER_RUN, *, start: dt.date | None = None,
+                       end: dt.date | None = None) -> list[str]:
+    """Published feature days without a current drift report (none yet, or made from other data), oldest
+    first: at most ``limit`` of them, or every one in ``start..end`` when a range is given (history).
 
     Empty while there is no champion: there is nothing to compare with yet.
     """
+    if start is not None or end is not None:
+        limit = 10**9
     try:
         scoring_models(spec)
     except NoChampionError as exc:
@@ -215,6 +219,8 @@ def pending_partitions(spec: PipelineSpec, limit: int = MAX_PARTITIONS_PER_RUN) 
         return []
     pending = []
     for ds, directory in storage.list_partitions(layout.FEATURES, spec.name).items():
+        if (start is not None and ds < start) or (end is not None and ds > end):
+            continue
         report = read_drift_report(spec, ds)
         manifest = storage.read_manifest(directory) or {}
         if report is None or report.get("features_content_sha256") != manifest.get("content_sha256"):

@@ -247,6 +247,12 @@ class GatesSpec(_Model):
 class DriftSpec(_Model):
     psi_threshold: float = Field(default=0.2, gt=0)
     ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
+    # A KS rejection also counts on its own when the distributions differ this much (the KS statistic):
+    # a change of shape that PSI's bins miss must not hide behind a small PSI.
+    ks_statistic: float = Field(default=0.3, gt=0, le=1)
+    # Features that hold one value per day (a season, a holiday flag), besides those detected as such in
+    # the training days: a day is compared with the reference's values, never with its whole distribution.
+    calendar_features: list[str] = Field(default_factory=list)
     missing_rate_delta: float = Field(default=0.1, gt=0, le=1)
     max_drifted_share: float = Field(default=0.3, gt=0, le=1)
     key_features: list[str] = Field(default_factory=list)

@@ -101,6 +101,17 @@ def test_monitor_and_sensor_dags_on_drift_and_no_drift(airflow_db: Path, storage
 
     # Nine normal days after the champion's window: reports, no drift, no retrain.
     land_and_etl(FRAUD, as_of + dt.timedelta(days=1), as_of + dt.timedelta(days=9))
+    # A stretch of history in one run (Params start/end): those days only.
+    ranged = run_dag("fraud_drift_monitor", conf={"start": (as_of - dt.timedelta(days=1)).isoformat(),
+                                                  "end": (as_of + dt.timedelta(days=2)).isoformat()})
+    assert str(ranged.state) == "success", task_states(ranged)
+    assert xcom_value(ranged, "find_unreported_partitions") == [
+        (as_of + dt.timedelta(days=i)).isoformat() for i in range(-1, 3)]
+    assert read_drift_report(FRAUD, as_of + dt.timedelta(days=3)) is None
+    # Days of the champion's own window are reported, not judged.
+    inside = read_drift_report(FRAUD, as_of)
+    assert inside["judged"] is False and inside["drift_detected"] is False
+    assert read_drift_report(FRAUD, as_of + dt.timedelta(days=1))["judged"] is True
     monitor = run_dag("fraud_drift_monitor")
     assert str(monitor.state) == "success", task_states(monitor)
     for i in range(1, 10):

@@ -74,8 +74,6 @@ def _log(message: str) -> None:
     print(f"[production {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-
-
 def _empty_redis_db() -> int:
     import redis
 

@@ -540,3 +540,75 @@ def test_load_champion_reference(spec: PipelineSpec, reference: tuple[pd.DataFra
     client.set_registered_model_alias(name, "champion", second.version)
     with pytest.raises(NoChampionError, match="reference_profile.json"):
         load_champion_reference(custom)
+
+
+# ------------------------------------------------------------------ verdicts that mean something (issue 13)
+
+
+def _with_days(frame: pd.DataFrame, spec: PipelineSpec, first: dt.date, days: int) -> pd.DataFrame:
+    """``frame`` spread over ``days`` consecutive days (a timestamp column), in order."""
+    day = np.arange(len(frame)) * days // len(frame)
+    stamps = pd.Timestamp(first, tz="UTC") + pd.to_timedelta(day, unit="D") + pd.Timedelta(hours=12)
+    return frame.assign(**{spec.timestamp_column: stamps})
+
+
+def test_a_feature_with_one_value_per_day_is_compared_with_known_values(spec: PipelineSpec) -> None:
+    reference_frame = _with_days(make_frame(spec, 2800, seed=21), spec, DS - dt.timedelta(days=14), 14)
+    day_index = np.arange(len(reference_frame)) * 14 // len(reference_frame)
+    reference_frame["channel"] = pd.Series(np.array(["web", "app", "pos"])[day_index % 3], dtype="str")
+    profile = build_reference_profile(reference_frame, spec)
+    assert profile["features"]["channel"]["day_constant"] is True
+    assert profile["features"]["amount"]["day_constant"] is False
+    today = make_frame(spec, 200, seed=22).assign(channel=pd.Series(["app"] * 200, dtype="str"))
+    result = report_for(spec, profile, today)["features"]["channel"]
+    assert result["psi"] > spec.drift.psi_threshold  # what made it drift every day before
+    assert (result["calendar_like"], result["monitored"], result["drifted"]) == (True, False, False)
+    unseen = report_for(spec, profile, today.assign(channel=pd.Series(["kiosk"] * 200, dtype="str")))
+    assert unseen["features"]["channel"]["checks"] == ["unseen_value"]
+    assert unseen["features"]["channel"]["unseen_values"] == ["kiosk"]
+    # Declared in the spec: the same, with no timestamps to detect it from.
+    declared = spec.model_copy(update={"drift": spec.drift.model_copy(update={"calendar_features": ["channel"]})})
+    flat_profile = build_reference_profile(make_frame(declared, 2000, seed=23), declared)
+    assert report_for(declared, flat_profile, today)["features"]["channel"]["drifted"] is False
+
+
+def test_a_feature_constant_in_the_reference_that_starts_to_vary_is_drift(spec: PipelineSpec) -> None:
+    """The probe: KS 1.0 and p=6e-85 were never flagged, PSI against a constant reference being 0."""
+    reference_frame = make_frame(spec, 3000, seed=31).assign(failed_logins_7d=0.0)
+    profile = build_reference_profile(reference_frame, spec)
+    current = make_frame(spec, 300, seed=32)
+    current["failed_logins_7d"] = np.random.default_rng(3).uniform(0.0, 5.0, len(current))
+    result = report_for(spec, profile, current)["features"]["failed_logins_7d"]
+    assert result["ks_statistic"] > 0.9 and result["ks_pvalue"] < 1e-50
+    assert result["drifted"] is True and {"was_constant", "ks"} <= set(result["checks"])
+    same = report_for(spec, profile, make_frame(spec, 300, seed=33).assign(failed_logins_7d=0.0))
+    assert same["features"]["failed_logins_7d"]["drifted"] is False
+
+
+def test_a_days_error_is_judged_against_the_worst_holdout_day(spec: PipelineSpec,
+                                                             reference: tuple[pd.DataFrame, dict]) -> None:
+    from evergreen.drift.statistics import _performance
+
+    regression = get_spec("delivery_eta")  # rmse, max_performance_drop 0.1
+    labels = np.zeros(100)
+
+    def performance(error: float, daily: list[float] | None) -> dict[str, Any]:
+        return _performance(regression, labels, labels + error, {"rmse": 12.0}, 100, daily=daily)
+
+    # 15 is 25% above the pooled holdout RMSE (the demo's false alarm) but within 10% of its worst day.
+    assert performance(15.0, None)["dropped"] is True
+    quiet = performance(15.0, [10.0, 12.0, 14.0])
+    assert quiet["dropped"] is False and quiet["worst_holdout_day"] == 14.0
+    assert performance(16.0, [10.0, 12.0, 14.0])["dropped"] is True
+
+
+def test_days_inside_the_training_window_are_reported_not_judged(spec: PipelineSpec,
+                                                                 reference: tuple[pd.DataFrame, dict]) -> None:
+    _, profile = reference
+    shifted = make_frame(spec, 2000, seed=51, shift={name: 2.0 for name in NUMERIC})
+    judged = report_for(spec, {**profile, "trained_through": (DS - dt.timedelta(days=1)).isoformat()}, shifted)
+    assert judged["judged"] is True and judged["drift_detected"] is True
+    inside = report_for(spec, {**profile, "trained_through": DS.isoformat()}, shifted)
+    assert inside["judged"] is False and inside["drift_detected"] is False and inside["reasons"] == []
+    assert inside["drifted_features"] == judged["drifted_features"]  # still reported
+    assert "inside the champion's training window" in inside["not_judged"]

@@ -112,6 +112,20 @@ def _categorical_profile(values: pd.Series, kind: FeatureType) -> dict[str, Any]
     }
 
 
+def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec) -> bool:
+    """Whether the feature holds one value within every day of ``frame`` yet more than one across days
+    (day of week, month, season, a holiday flag): calendar-like, so one day can never match the whole
+    reference. Declared ones (``drift.calendar_features``) count without looking."""
+    if name in spec.drift.calendar_features:
+        return True
+    if spec.timestamp_column not in frame.columns or frame.empty:
+        return False
+    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone).dt.date
+    values = frame[name].astype("object").where(frame[name].notna(), None)
+    per_day = values.groupby(local.to_numpy()).nunique(dropna=True)
+    return bool(len(per_day) >= 2 and (per_day <= 1).all() and values.nunique(dropna=True) >= 2)
+
+
 def build_reference_profile(
     frame: pd.DataFrame,
     spec: PipelineSpec,
@@ -140,6 +154,7 @@ def build_reference_profile(
                                               rng=rng)
         else:
             features[name] = _categorical_profile(frame[name], kind)
+        features[name]["day_constant"] = _day_constant(frame, name, spec)
     profile: dict[str, Any] = {
         "version": PROFILE_VERSION,
         "spec": spec.name,

@@ -3,15 +3,18 @@
 Rules (thresholds from ``spec.drift``):
 
 * a feature drifts when its PSI >= ``psi_threshold``; or the KS test rejects (p < ``ks_pvalue``) *and* the
-  shift is material (PSI >= ``psi_threshold / 2``: large samples make KS reject negligible shifts); or
-  its missing rate moved by >= ``missing_rate_delta``;
+  shift is material (PSI >= ``psi_threshold / 2``, or a KS statistic >= ``ks_statistic``: large samples
+  make KS reject negligible shifts, and a change of shape can hide inside PSI's bins); or its missing rate
+  moved by >= ``missing_rate_delta``; or it was constant in the reference and varies now;
 * the day drifts when the share of drifted features > ``max_drifted_share``, or a ``key_features`` member
   drifted, or (with ``prediction_drift_in_verdict``) the prediction PSI > ``prediction_psi_threshold``, or
-  (labels known) the primary metric is
-  worse than the champion's holdout value by more than ``max_performance_drop`` (relative, as the gates).
+  (labels known) the primary metric is worse by more than ``max_performance_drop`` (relative) than the
+  *worst* of the champion's holdout days: ordinary day-to-day noise is not drift.
 
-Calendar features (day of week, weekend flag) are reported but not judged: a one-day partition always
-differs from a multi-day reference there, which would raise a false alarm every day.
+Calendar-like features (one value per day, several across the days: day of week, weekend flag, a season
+column; found in the training days or listed in ``drift.calendar_features``) are compared with the
+values the reference knows: a known value is not judged (one day can never match a multi-day reference),
+an unseen one is drift. Days up to the end of the champion's training window are reported, not judged.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ def numeric_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str, An
         "reference_mean": ref_mean,
         "reference_std": ref_std,
         "mean_shift_std": shift,
+        # Constant in the reference (std 0): any spread now is a change PSI cannot see (one bin holds all).
+        "was_constant": ref_std is not None and float(ref_std) == 0.0 and profile_entry.get("min") is not None,
         "bins": {"labels": bin_labels(edges), "reference": reference, "current": fractions},
     }
 
@@ -185,17 +190,35 @@ def _failed_checks(result: Mapping[str, Any], cfg: Any) -> list[str]:
     value_psi, ks_pvalue, delta = result.get("psi"), result.get("ks_pvalue"), result.get("missing_delta")
     if value_psi is not None and value_psi >= cfg.psi_threshold:
         checks.append("psi")
-    if (ks_pvalue is not None and ks_pvalue < cfg.ks_pvalue
-            and value_psi is not None and value_psi >= cfg.psi_threshold / 2):
+    material = (value_psi is not None and value_psi >= cfg.psi_threshold / 2) or (
+        result.get("ks_statistic") is not None and result["ks_statistic"] >= cfg.ks_statistic)
+    if ks_pvalue is not None and ks_pvalue < cfg.ks_pvalue and material:
         checks.append("ks")
     if delta is not None and abs(delta) >= cfg.missing_rate_delta:
         checks.append("missing_rate")
+    if result.get("was_constant") and result.get("std"):
+        checks.append("was_constant")
     return checks
 
 
+def _known_values(entry: Mapping[str, Any], values: pd.Series, numeric: bool) -> tuple[bool, list[Any]]:
+    """For a calendar-like feature: whether today's values are ones the reference holds (numeric: inside
+    its range), and the values that are not."""
+    present = values.dropna()
+    if numeric:
+        lo, hi = entry.get("min"), entry.get("max")
+        numbers = numeric_values(present)
+        outside = sorted({float(v) for v in numbers if lo is None or hi is None or v < lo or v > hi})
+        return not outside, outside[:MAX_LISTED_UNSEEN]
+    known = {str(k) for k in (entry.get("frequencies") or {}) if k != OTHER}
+    unseen = sorted({str(v) for v in category_labels(present).dropna() if str(v) not in known})
+    return not unseen or OTHER in (entry.get("frequencies") or {}), unseen[:MAX_LISTED_UNSEEN]
+
+
 def _performance(spec: PipelineSpec, labels: Any, scores: np.ndarray | None, champion_metric: Any,
-                 rows: int) -> dict[str, Any]:
-    """The day's metrics on labelled rows vs the champion's holdout primary metric (relative drop)."""
+                 rows: int, daily: list[float] | None = None) -> dict[str, Any]:
+    """The day's metrics on labelled rows vs the champion's holdout: the relative drop from the worst of its
+    holdout days (``daily``; the pooled holdout metric when the profile has no daily values)."""
     cfg = spec.drift
     metric = spec.primary_metric
     out: dict[str, Any] = {"metric": metric, "higher_is_better": higher_is_better(metric),
@@ -219,7 +242,11 @@ def _performance(spec: PipelineSpec, labels: Any, scores: np.ndarray | None, cha
         return {**out, "status": f"{metric} is undefined on this day's labels"}
     if champion is None:
         return {**out, "status": "no champion metric to compare with"}
-    drop = -relative_improvement(metric, current, champion)
+    finite_days = [float(v) for v in daily or [] if v is not None and math.isfinite(float(v))]
+    worst = (min if higher_is_better(metric) else max)(finite_days) if finite_days else champion
+    out["worst_holdout_day"] = worst if finite_days else None
+    out["holdout_days"] = finite_days
+    drop = -relative_improvement(metric, current, worst)
     return {**out, "status": "ok", "relative_drop": drop, "dropped": bool(drop > cfg.max_performance_drop)}
 
 
@@ -281,11 +308,18 @@ def drift_report(
         if (entry.get("type") == FeatureType.NUMERIC.value) != numeric:
             raise ValueError(f"feature {name!r} is {kind.value} in the spec but {entry.get('type')} in the profile")
         result = numeric_drift(entry, frame[name]) if numeric else categorical_drift(entry, frame[name])
-        monitored = not (spec.etl.time_features and name in CALENDAR_FEATURES)
-        checks = _failed_checks(result, cfg) if monitored else []
-        result.update(monitored=monitored, key=name in cfg.key_features, drifted=bool(checks), checks=checks)
-        if not monitored:
-            result["note"] = "calendar feature: one day cannot match a multi-day reference, so it is not judged"
+        calendar = bool(entry.get("day_constant")) or name in cfg.calendar_features or (
+            spec.etl.time_features and name in CALENDAR_FEATURES)
+        if calendar:
+            known, unseen = _known_values(entry, frame[name], numeric)
+            checks = [] if known else ["unseen_value"]
+            result.update(monitored=not known, calendar_like=True, unseen_values=unseen)
+            result["note"] = ("calendar-like (one value per day): today's value is one the reference knows, "
+                              "so it is not judged" if known else "calendar-like: a value the reference never held")
+        else:
+            checks = _failed_checks(result, cfg)
+            result.update(monitored=True, calendar_like=False)
+        result.update(key=name in cfg.key_features, drifted=bool(checks), checks=checks)
         results[name] = result
 
     monitored_names = [n for n, r in results.items() if r["monitored"]]
@@ -318,7 +352,8 @@ def drift_report(
         report["prediction"] = prediction
 
     if labels is not None:
-        performance = _performance(spec, labels, score_values, champion_metric, rows)
+        performance = _performance(spec, labels, score_values, champion_metric, rows,
+                                   daily=(profile.get("holdout_daily") or {}).get("values"))
         if performance["dropped"]:
             reasons.append(
                 f"{performance['metric']} {performance['current']:.4f} is {performance['relative_drop']:.1%} worse "
@@ -327,12 +362,18 @@ def drift_report(
             )
         report["performance"] = performance
 
+    trained_through = profile.get("trained_through")
+    judged = trained_through is None or ds > dt.date.fromisoformat(str(trained_through))
     report.update(
         features=results,
         drifted_features=drifted,
         monitored_features=len(monitored_names),
         drifted_share=share,
-        reasons=reasons,
-        drift_detected=bool(reasons),
+        reasons=reasons if judged else [],
+        drift_detected=bool(reasons) and judged,
+        judged=judged,
     )
+    if not judged:
+        report["not_judged"] = (f"{ds} is inside the champion's training window (through {trained_through}): "
+                                f"reported, not judged; would have said: {'; '.join(reasons) or 'no drift'}")
     return json_safe(report)

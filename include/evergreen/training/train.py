@@ -132,7 +132,8 @@ def score_holdout(spec: PipelineSpec, window: TrainingWindow, booster: Any, base
                          baseline=np.concatenate(base))
 
 
-def reference_profile(spec: PipelineSpec, fitted: FittedBooster, holdout: HoldoutScores) -> dict[str, Any]:
+def reference_profile(spec: PipelineSpec, window: TrainingWindow, fitted: FittedBooster,
+                      holdout: HoldoutScores) -> dict[str, Any]:
     """The drift monitor's reference: features from (a bounded sample of) the training days, scores from
     the holdout, because live scores are out-of-sample too (in-sample scores are sharper and would fake
     drift). The scores part depends on the scores only, so an empty frame stands in for the holdout."""
@@ -143,7 +144,22 @@ def reference_profile(spec: PipelineSpec, fitted: FittedBooster, holdout: Holdou
                                                 seed=spec.model.seed)["scores"]
     profile["scores_source"] = "holdout"
     profile["sampled_from_rows"] = fitted.rows_train
+    profile["trained_through"] = window.as_of.isoformat()  # the monitor judges only later days
+    profile["holdout_daily"] = holdout_daily_metric(spec, holdout)
     return profile
+
+
+def holdout_daily_metric(spec: PipelineSpec, holdout: HoldoutScores) -> dict[str, Any]:
+    """The primary metric on each holdout day: the spread a live day's error is judged against."""
+    metric = spec.primary_metric
+    local = pd.to_datetime(holdout.frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
+    days = local.dt.date.to_numpy()
+    values = []
+    for day in sorted(set(days)):
+        mask = days == day
+        value = compute_metrics(spec.task_type, holdout.y[mask], holdout.challenger[mask]).get(metric)
+        values.append(value if value is not None and np.isfinite(value) else None)
+    return {"metric": metric, "values": values}
 
 
 @dataclass
@@ -182,7 +198,7 @@ def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: boo
     steps.mark("holdout", rows=len(holdout.frame))
     return Challenger(window=window, params=params, fitted=fitted, baseline=baseline, holdout=holdout,
                       metrics=metrics, baseline_metrics=baseline_metrics,
-                      profile=reference_profile(spec, fitted, holdout), steps=steps)
+                      profile=reference_profile(spec, window, fitted, holdout), steps=steps)
 
 
 def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
