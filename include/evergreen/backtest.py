@@ -308,6 +308,35 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, st
     return {"json": str(json_path), "html": str(html_path)}
 
 
+def publish_report(spec: PipelineSpec, report: Mapping[str, Any], *, log_to_mlflow: bool = True) -> dict[str, Any]:
+    """Write the report under the storage root (``layout.backtest_dir``) and log it to MLflow (an
+    ``<spec>-backtests`` experiment: one run, a score metric per policy, both files as artifacts)."""
+    start, end = dt.date.fromisoformat(report["start"]), dt.date.fromisoformat(report["end"])
+    key = layout.backtest_dir(spec.name, start, end)
+    folder = storage.at(key)
+    storage.write_json_atomic(folder / REPORT_JSON, report)
+    storage.write_bytes_atomic(folder / REPORT_HTML, render_html(report).encode())
+    out: dict[str, Any] = {"key": f"{key}/{REPORT_JSON}", "html": f"{key}/{REPORT_HTML}", "run_id": None}
+    if log_to_mlflow:
+        import mlflow
+
+        from evergreen import tracking
+
+        experiment = tracking.ensure_experiment(f"{spec.name}-backtests")
+        with mlflow.start_run(experiment_id=experiment, run_name=f"{spec.name}-backtest-{start}-{end}") as run:
+            mlflow.set_tags({"evergreen.spec": spec.name, "evergreen.kind": "backtest",
+                             "evergreen.backtest.start": report["start"], "evergreen.backtest.end": report["end"]})
+            for name, policy in report["policies"].items():
+                label = name.replace(":", "_")
+                for field_name in ("score", "primary_score", "retrains", "alarms", "compute_seconds"):
+                    if policy.get(field_name) is not None:
+                        mlflow.log_metric(f"{label}.{field_name}", float(policy[field_name]))
+            mlflow.log_dict(dict(report), REPORT_JSON)
+            mlflow.log_text(render_html(report), REPORT_HTML)
+            out["run_id"] = run.info.run_id
+    return out
+
+
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 
 

@@ -521,12 +521,67 @@ in `models/{spec.name}/drift_triggers/`:
     return drift_sensor()
 
 
+def build_backtest_dag(spec: PipelineSpec) -> DAG:
+    """``<spec>_backtest``: replay published history under retraining policies (manual, from the form)."""
+
+    @dag(
+        dag_id=spec.dag_id("backtest"),
+        description=f"Backtest retraining policies on {spec.name}'s published history",
+        doc_md=f"""
+### Backtest of `{spec.name}`
+
+Replays the published feature days `start..end` on a data-time clock: each day is scored by the model each
+policy would have been serving (trained on earlier days only), then the policy decides whether to retrain
+on the window ending that day. Policies: `static`, `every:N`, `gated:N` (through the gates), `triggered`
+(drift verdict, hysteresis and cooldown in data time, through the gates). Nothing is registered and no
+production state changes: the report goes to `reports/backtest/{spec.name}/<start>_<end>/` and to the MLflow
+experiment `{spec.name}-backtests`. The same as `evergreen backtest --spec {spec.name}`.
+""",
+        schedule=None,
+        max_active_runs=1,
+        **_dag_defaults(spec, "backtest", timeout_minutes=240, spec_tags=False),
+        params={
+            "start": Param(None, type="string", format="date", pattern=r"^\d{4}-\d{2}-\d{2}$", title="From",
+                           description="First day scored (the first model trains on the window before it)."),
+            "end": Param(None, type="string", format="date", pattern=r"^\d{4}-\d{2}-\d{2}$", title="To",
+                         description="Last day scored."),
+            "policies": Param("static,every:1,every:7,gated:1,triggered", type="string", minLength=3,
+                              pattern=r"^(static|triggered|every:[1-9][0-9]*|gated:[1-9][0-9]*)"
+                                      r"(,(static|triggered|every:[1-9][0-9]*|gated:[1-9][0-9]*))*$",
+                              title="Policies", description="Comma-separated: static, every:N, gated:N, triggered."),
+            "window_days": Param(spec.window.days, type="integer", minimum=3, maximum=730, title="Window (days)"),
+        },
+    )
+    def backtest() -> None:
+        # Read-only on the history and overwriting its own report: safe to retry after an infrastructure
+        # error; bad data and a bad request fail at once (AirflowFailException).
+        @task(multiple_outputs=False, retries=1)
+        def run_backtest() -> dict[str, Any]:
+            from evergreen import backtest as bt
+
+            params = get_current_context()["params"]
+            with data_errors_fail_fast(spec):
+                try:
+                    report = bt.run_backtest(spec, dt.date.fromisoformat(params["start"]),
+                                             dt.date.fromisoformat(params["end"]), bt.parse_policies(params["policies"]),
+                                             window_days=int(params["window_days"]))
+                except bt.BacktestError as exc:
+                    raise AirflowFailException(str(exc)) from exc
+            published = bt.publish_report(spec, report)
+            return {**published, "scores": {name: p["score"] for name, p in report["policies"].items()}}
+
+        run_backtest()
+
+    return backtest()
+
+
 BUILDERS = {
     "feature_etl": build_feature_etl_dag,
     "training": build_training_dag,
     "rollback": build_rollback_dag,
     "drift_monitor": build_drift_monitor_dag,
     "drift_sensor": build_drift_sensor_dag,
+    "backtest": build_backtest_dag,
 }
 
 

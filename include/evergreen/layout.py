@@ -6,6 +6,7 @@
     quarantine/<spec>/ds=YYYY-MM-DD/rows.parquet | raw/ + validation.json rejected raw data and its report
     predictions/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json batch scores (champion, shadow)
     reports/drift/<spec>/ds=YYYY-MM-DD/report.json + report.html          one drift report per partition
+    reports/backtest/<spec>/<start>_<end>/backtest.json + backtest.html    a backtest of the DAG
     models/<spec>/decisions/<UTC time>-<kind>-<id>.json                   promotion / rollback decisions
     models/<spec>/decisions/<run id>/gates.json                           the gate report of a candidate
     models/<spec>/drift_triggers/<ds>-<report sha[:12]>.json              the retrain trigger ledger
@@ -22,6 +23,7 @@ FEATURES = "features"
 QUARANTINE = "quarantine"
 PREDICTIONS = "predictions"
 DRIFT_REPORTS = "reports/drift"
+BACKTESTS = "reports/backtest"
 MODELS = "models"
 MANIFEST = "_manifest.json"
 REPORT_JSON = "report.json"
@@ -62,6 +64,11 @@ def drift_report(spec_name: str, ds: dt.date) -> str:
 
 def drift_report_html(spec_name: str, ds: dt.date) -> str:
     return f"{partition(DRIFT_REPORTS, spec_name, ds)}/{REPORT_HTML}"
+
+
+def backtest_dir(spec_name: str, start: dt.date, end: dt.date) -> str:
+    """The folder of the backtest of ``start..end`` (``backtest.json`` and ``backtest.html``)."""
+    return f"{BACKTESTS}/{spec_name}/{start.isoformat()}_{end.isoformat()}"
 
 
 def decisions(spec_name: str) -> str:

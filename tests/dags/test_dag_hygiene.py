@@ -17,7 +17,7 @@ import pytest
 from helpers import REPO
 
 SPECS = ("fraud", "delivery_eta")
-KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor")
+KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor", "backtest")
 ALL_DAGS = sorted(f"{spec}_{kind}" for spec in SPECS for kind in KINDS)
 # boto3 is absent on purpose: Airflow itself imports it when an Asset is built (the amazon provider's
 # URI normaliser), whatever the DAG does.

@@ -14,7 +14,7 @@ from evergreen.factory import BUILDERS, REGISTRY_POOL, build_dags
 from evergreen.spec import get_spec
 
 SPECS = ("fraud", "delivery_eta")
-KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor")
+KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor", "backtest")
 
 TASKS = {
     "feature_etl": {"wait_for_raw_partition", "validate_raw_partition", "build_feature_partition",
@@ -23,6 +23,7 @@ TASKS = {
     "rollback": {"rollback_champion"},
     "drift_monitor": {"find_unreported_partitions", "monitor_partitions", "announce_drift_reports"},
     "drift_sensor": {"wait_for_unacted_drift_reports", "decide_retrain", "retrain_needed", "trigger_retrain"},
+    "backtest": {"run_backtest"},
 }
 
 EDGES = {
@@ -47,6 +48,7 @@ EDGES = {
         ("decide_retrain", "retrain_needed"),
         ("retrain_needed", "trigger_retrain"),
     },
+    "backtest": set(),
 }
 
 # Every task's retries as the factory sets them: sensors and decisions never retry (a retry cannot fix a
@@ -59,10 +61,13 @@ RETRIES = {
     "drift_monitor": {"find_unreported_partitions": 2, "monitor_partitions": 2, "announce_drift_reports": 2},
     "drift_sensor": {"wait_for_unacted_drift_reports": 0, "decide_retrain": 0, "retrain_needed": 0,
                      "trigger_retrain": 2},
+    "backtest": {"run_backtest": 1},
 }
 
-MAX_ACTIVE_RUNS = {"feature_etl": 4, "training": 1, "rollback": 1, "drift_monitor": 1, "drift_sensor": 1}
-TIMEOUT_MINUTES = {"feature_etl": 30, "training": 120, "rollback": 10, "drift_monitor": 30, "drift_sensor": 15}
+MAX_ACTIVE_RUNS = {"feature_etl": 4, "training": 1, "rollback": 1, "drift_monitor": 1, "drift_sensor": 1,
+                   "backtest": 1}
+TIMEOUT_MINUTES = {"feature_etl": 30, "training": 120, "rollback": 10, "drift_monitor": 30, "drift_sensor": 15,
+                   "backtest": 240}
 
 # (ETL cron, training cron, drift sensor cron) of the shipped specs; "@daily" is normalised by Airflow.
 CRONS = {
@@ -90,10 +95,10 @@ def drift_reports(name: str) -> Asset:
     return Asset(name=f"drift_reports/{name}", uri=f"evergreen://{name}/drift_reports", group="evergreen")
 
 
-def test_build_dags_for_the_shipped_specs_gives_ten_dags() -> None:
+def test_build_dags_for_the_shipped_specs_gives_twelve_dags() -> None:
     dags = build_dags()
     assert sorted(dags) == sorted(f"{spec}_{kind}" for spec in SPECS for kind in KINDS)
-    assert len(dags) == 10
+    assert len(dags) == 12
     assert all(dag.dag_id == dag_id for dag_id, dag in dags.items())
     assert tuple(BUILDERS) == KINDS
 
@@ -138,8 +143,9 @@ def test_schedules(spec_dags: tuple[str, dict]) -> None:
     assert type(training) is CronDataIntervalTimetable
     assert training == CronDataIntervalTimetable(training_cron, timezone="UTC")
 
-    assert type(dags[f"{name}_rollback"].timetable) is NullTimetable
-    assert dags[f"{name}_rollback"].schedule is None
+    for manual in ("rollback", "backtest"):
+        assert type(dags[f"{name}_{manual}"].timetable) is NullTimetable
+        assert dags[f"{name}_{manual}"].schedule is None
 
     monitor = dags[f"{name}_drift_monitor"].timetable
     assert type(monitor) is AssetOrTimeSchedule

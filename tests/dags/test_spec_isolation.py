@@ -9,7 +9,7 @@ from evergreen.spec import SHIPPED_SPECS_DIR, SpecError, get_spec, load_valid_sp
 from helpers import REPO
 
 SHIPPED_DAGS = sorted(f"{spec}_{kind}" for spec in ("fraud", "delivery_eta")
-                      for kind in ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor"))
+                      for kind in ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor", "backtest"))
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_dagbag_builds_the_valid_dags_and_reports_the_invalid_spec(airflow_db: P
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     expected = sorted([*SHIPPED_DAGS, *(f"fraud_eu_{kind}" for kind in
-                                        ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor"))])
+                                        ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor", "backtest"))])
     assert sorted(bag.dag_ids) == expected
     assert list(bag.import_errors) == [str(REPO / "dags" / "evergreen_spec_errors.py")]
     error = next(iter(bag.import_errors.values()))
@@ -57,4 +57,4 @@ def test_no_error_without_invalid_specs(airflow_db: Path, user_specs: Path) -> N
     (user_specs / "fraud_typo.yaml").unlink()
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert len(bag.dag_ids) == 15
+    assert len(bag.dag_ids) == 18  # three specs x six DAG kinds

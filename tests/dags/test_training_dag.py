@@ -124,3 +124,29 @@ def test_too_little_data_fails_clearly(airflow_db: Path, storage_root: Path, mlf
     assert states["assemble_training_set"] == "failed"
     ti = next(t for t in run.get_task_instances() if t.task_id == "assemble_training_set")
     assert ti.try_number == 1
+
+
+def test_backtest_dag_from_the_form(airflow_db: Path, storage_root: Path, mlflow_uri: str) -> None:
+    """`<spec>_backtest`: typed Params, the report in storage and in MLflow, the registry untouched."""
+    spec = get_spec("delivery_eta")
+    land_and_etl(spec, START, START + dt.timedelta(days=24), rows=200)
+    first = START + dt.timedelta(days=22)
+    run = run_dag("delivery_eta_backtest", conf={"start": first.isoformat(),
+                                                 "end": (first + dt.timedelta(days=2)).isoformat(),
+                                                 "policies": "static,every:1", "window_days": 21})
+    assert str(run.state) == "success", task_states(run)
+    out = xcom_value(run, "run_backtest")
+    report = json.loads(storage.at(out["key"]).read_text())
+    assert report["days"] == 3 and set(report["policies"]) == {"static", "every:1"}
+    assert report["policies"]["every:1"]["retrains"] == 3 and report["policies"]["static"]["retrains"] == 0
+    assert out["scores"]["static"] == report["policies"]["static"]["score"]
+    assert storage.at(out["html"]).exists()
+    client = MlflowClient()
+    logged = client.get_run(out["run_id"])
+    assert logged.data.metrics["every_1.retrains"] == 3.0
+    assert {a.path for a in client.list_artifacts(out["run_id"])} >= {"backtest.json", "backtest.html"}
+    assert client.search_registered_models() == []  # nothing registered
+    # A policy the form cannot take fails the run before anything runs.
+    with pytest.raises(Exception, match="policies"):
+        run_dag("delivery_eta_backtest", conf={"start": first.isoformat(), "end": first.isoformat(),
+                                               "policies": "weekly"})
