@@ -2,10 +2,12 @@
 
 Rules (thresholds from ``spec.drift``):
 
-* a feature drifts when its PSI >= ``psi_threshold``; or the KS test rejects (p < ``ks_pvalue``) *and* the
-  shift is material (PSI >= ``psi_threshold / 2``, or a KS statistic >= ``ks_statistic``: large samples
-  make KS reject negligible shifts, and a change of shape can hide inside PSI's bins); or its missing rate
-  moved by >= ``missing_rate_delta``; or it was constant in the reference and varies now;
+* a feature drifts when a change is both material and significant for the day's sample size: PSI >=
+  ``psi_threshold`` with the KS (numeric) or chi-square (categorical) test rejecting at ``ks_pvalue``; or
+  the KS test rejecting with PSI >= ``psi_threshold / 2`` or a KS statistic >= ``ks_statistic`` (a change
+  of shape can hide inside PSI's bins); or the missing rate moved by >= ``missing_rate_delta`` and a
+  binomial test rejects; or it was constant in the reference and varies now. (PSI alone on a small day
+  is mostly sampling noise; a test alone on a big day flags negligible shifts);
 * the day drifts when the share of drifted features > ``max_drifted_share``, or a ``key_features`` member
   drifted, or (with ``prediction_drift_in_verdict``) the prediction PSI > ``prediction_psi_threshold``, or
   (labels known) the primary metric is worse by more than ``max_performance_drop`` (relative) than the
@@ -122,6 +124,7 @@ def numeric_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str, An
         "ks_statistic": ks_statistic,
         "ks_pvalue": ks_pvalue,
         "missing_rate": missing,
+        "missing_pvalue": _missing_pvalue(n - finite.size, n, ref_missing),
         "reference_missing_rate": ref_missing,
         "missing_delta": None if missing is None else missing - ref_missing,
         "mean": mean,
@@ -133,6 +136,15 @@ def numeric_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str, An
         "was_constant": ref_std is not None and float(ref_std) == 0.0 and profile_entry.get("min") is not None,
         "bins": {"labels": bin_labels(edges), "reference": reference, "current": fractions},
     }
+
+
+def _missing_pvalue(missing: int, rows: int, reference_rate: float) -> float | None:
+    """Binomial test of the day's missing count against the reference rate (two-sided)."""
+    if not rows:
+        return None
+    from scipy import stats
+
+    return float(stats.binomtest(int(missing), int(rows), min(max(reference_rate, 1e-6), 1 - 1e-6)).pvalue)
 
 
 def categorical_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str, Any]:
@@ -169,12 +181,22 @@ def categorical_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str
     top = unseen.sort_index(kind="stable").sort_values(ascending=False, kind="stable").head(MAX_LISTED_UNSEEN)
     missing = float(series.isna().mean()) if n else None
     ref_missing = float(profile_entry.get("missing_rate") or 0.0)
+    chi2_pvalue = None
+    if total and len(labels) >= 2:
+        from scipy import stats
+
+        # Reference shares smoothed so a category the reference never saw has a (tiny) expectation.
+        expected = np.asarray(reference, dtype="float64") + 1e-3
+        observed = np.asarray(current, dtype="float64") * total
+        chi2_pvalue = float(stats.chisquare(observed, expected / expected.sum() * observed.sum()).pvalue)
     return {
         "type": str(profile_entry.get("type") or FeatureType.CATEGORICAL.value),
         "rows": int(n),
         "non_missing": int(total),
         "psi": psi(reference, current) if total and labels else None,
+        "chi2_pvalue": chi2_pvalue,
         "missing_rate": missing,
+        "missing_pvalue": _missing_pvalue(series.isna().sum(), n, ref_missing),
         "reference_missing_rate": ref_missing,
         "missing_delta": None if missing is None else missing - ref_missing,
         "unseen_count": unseen_count,
@@ -185,16 +207,25 @@ def categorical_drift(profile_entry: Mapping[str, Any], values: Any) -> dict[str
 
 
 def _failed_checks(result: Mapping[str, Any], cfg: Any) -> list[str]:
-    """Which drift rules a feature result trips (empty: not drifted)."""
+    """Which drift rules a feature result trips (empty: not drifted).
+
+    A change counts when it is both material (its size: PSI, KS statistic, missing-rate delta) and
+    significant for the day's sample (KS or chi-square test, binomial test of the missing count, at
+    ``ks_pvalue``): on a day of 49 rows PSI alone is mostly sampling noise, and on a day of a million rows
+    a test alone flags changes too small to matter."""
     checks: list[str] = []
     value_psi, ks_pvalue, delta = result.get("psi"), result.get("ks_pvalue"), result.get("missing_delta")
-    if value_psi is not None and value_psi >= cfg.psi_threshold:
+    shape_pvalue = ks_pvalue if ks_pvalue is not None else result.get("chi2_pvalue")
+    significant = shape_pvalue is None or shape_pvalue < cfg.ks_pvalue
+    if value_psi is not None and value_psi >= cfg.psi_threshold and significant:
         checks.append("psi")
     material = (value_psi is not None and value_psi >= cfg.psi_threshold / 2) or (
         result.get("ks_statistic") is not None and result["ks_statistic"] >= cfg.ks_statistic)
     if ks_pvalue is not None and ks_pvalue < cfg.ks_pvalue and material:
         checks.append("ks")
-    if delta is not None and abs(delta) >= cfg.missing_rate_delta:
+    missing_pvalue = result.get("missing_pvalue")
+    if delta is not None and abs(delta) >= cfg.missing_rate_delta and (
+            missing_pvalue is None or missing_pvalue < cfg.ks_pvalue):
         checks.append("missing_rate")
     if result.get("was_constant") and result.get("std"):
         checks.append("was_constant")
