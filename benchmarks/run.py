@@ -6,7 +6,9 @@ Stages (``--only`` picks some), each against its baseline, each measurement a fr
 2. ``drift``     drift_report of one day vs Evidently's DataDriftPreset (own venv), verdicts side by side;
 3. ``training``  the ``bench_wide_training`` DAG end to end (``airflow dags test``) vs a bare XGBoost fit;
 4. ``backfill``  N daily ETL runs through the real scheduler (LocalStack, LocalExecutor);
-5. ``parse``     DAG file parse time per spec (fresh interpreter), plus ``airflow dags report``.
+5. ``parse``     DAG file parse time per spec (fresh interpreter), plus ``airflow dags report``;
+6. ``backtest``  ``evergreen backtest`` (policy ``every:1``, a fit per day) vs a bare loop of the same fits and
+   predictions on the same days.
 
 Results: a table of min/median/max per measure on stdout, and JSON + Markdown in ``benchmarks/results``
 (``<stamp>-<scale>.*`` and ``latest-<scale>.*``), with the machine's cores and memory and the targets.
@@ -41,7 +43,7 @@ from benchmarks.measure import (
 BENCH_DIR = data.BENCH_DIR
 REPO = data.REPO
 EVIDENTLY_VENV = BENCH_DIR / ".venv-evidently"
-ALL_STAGES = ("etl", "drift", "training", "parse", "backfill")
+ALL_STAGES = ("etl", "drift", "training", "parse", "backfill", "backtest")
 CALENDAR = {"event_day_of_week", "is_weekend"}
 
 # The targets; each is checked at the scale it is stated for.
@@ -54,7 +56,9 @@ TARGETS = {
     "training_overhead": 0.10,  # DAG wall / bare fit wall - 1
     "backfill_year_seconds": 900.0,  # 365 S-scale days through the scheduler
     "parse_seconds_per_spec": 1.0,
+    "backtest_over_bare": 1.5,  # evergreen backtest wall / bare loop of fits and predictions
 }
+BACKTEST_DAYS, BACKTEST_WINDOW = 6, 14
 
 
 def _fresh_postgres_database(name: str) -> str | None:
@@ -357,6 +361,30 @@ class Bench:
         self._target("Evergreen overhead over the bare fit", overhead, TARGETS["training_overhead"], applies=big,
                      unit="ratio")
 
+    # ------------------------------------------------------------------ 6. backtest
+
+    def bench_backtest(self) -> None:
+        scale = self.scale
+        root = Path(self._prep("ensure"))
+        days = data.days_of(scale)
+        start, end = days[-BACKTEST_DAYS], days[-1]
+        log(f"[backtest] every:1 over {start}..{end} ({BACKTEST_DAYS} fits on {BACKTEST_WINDOW}-day windows of "
+            f"{scale.rows_per_day:,} rows/day) vs the bare loop")
+        args = {"spec_file": str(self.spec_file), "storage_root": str(root), "start": start.isoformat(),
+                "end": end.isoformat(), "window_days": BACKTEST_WINDOW}
+        env = self.env(root)
+        # Side by side in one run, alternating, so a noisy neighbour hits both alike.
+        ours, bare = [], []
+        for _ in range(self.repeats):
+            ours.append(python_stage("backtest", args, env=env, log=self._logfile("backtest"), timeout=7200))
+            bare.append(python_stage("bare_backtest", args, log=self._logfile("bare-backtest"), timeout=7200))
+        self._record("backtest", ours)
+        self._record("backtest_bare", bare)
+        ratio = (self.results["backtest"]["summary"]["wall_seconds"]["median"]
+                 / self.results["backtest_bare"]["summary"]["wall_seconds"]["median"])
+        self.results["backtest_overhead"] = {"backtest_over_bare_wall": ratio}
+        self._target("backtest over the bare loop of fits", ratio, TARGETS["backtest_over_bare"], unit="ratio")
+
     # ------------------------------------------------------------------ 4. backfill
 
     def bench_backfill(self, days: int) -> None:
@@ -571,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.bench_parse()
             elif name == "backfill":
                 bench.bench_backfill(args.backfill_days)
+            elif name == "backtest":
+                bench.bench_backtest()
         except MeasureError as exc:
             failures.append(f"{name}: {exc}")
             bench.notes.append(f"stage {name} failed: {str(exc)[:2000]}")

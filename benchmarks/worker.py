@@ -293,6 +293,99 @@ def bare_train(args: dict[str, Any]) -> dict[str, Any]:
             "best_iteration": int(booster.best_iteration), "rows": len(train)}
 
 
+# ------------------------------------------------------------------------------------------ backtest
+
+
+@stage
+def backtest(args: dict[str, Any]) -> dict[str, Any]:
+    """evergreen backtest with one policy, ``every:1``, over ``days``: a fit per day and a scored day."""
+    t = time.perf_counter()
+    from evergreen import backtest as bt
+
+    imported = time.perf_counter() - t
+    t = time.perf_counter()
+    spec = _spec(args)
+    report = bt.run_backtest(spec, dt.date.fromisoformat(args["start"]), dt.date.fromisoformat(args["end"]),
+                             bt.parse_policies("every:1"), window_days=args["window_days"])
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "fits": report["fits"],
+            "fit_seconds": report["fit_seconds"], "score": report["policies"]["every:1"]["score"]}
+
+
+@stage
+def bare_backtest(args: dict[str, Any]) -> dict[str, Any]:
+    """The bare loop the backtest is compared with: per day, read the window ending the day before, fit the
+    same XGBoost model (early-stopped on the same validation days) and predict the day. Nothing else."""
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+    import yaml
+
+    t = time.perf_counter()
+    spec = yaml.safe_load(Path(args["spec_file"]).read_text())
+    window = spec.get("window", {})
+    holdout, validation = window.get("holdout_days", 3), window.get("validation_days", 3)
+    start, end = dt.date.fromisoformat(args["start"]), dt.date.fromisoformat(args["end"])
+    fits, day = 0, start - dt.timedelta(days=1)
+    while day < end:
+        days = [(day - dt.timedelta(days=i)).isoformat() for i in reversed(range(args["window_days"]))]
+        train_days, valid_days = days[: -(holdout + validation)], days[-(holdout + validation):-holdout]
+        booster, prepare = _bare_fit(spec, Path(args["storage_root"]), train_days, valid_days)
+        scored = prepare([(day + dt.timedelta(days=1)).isoformat()])
+        booster.predict(xgb.DMatrix(scored[0], enable_categorical=True))
+        fits += 1
+        day += dt.timedelta(days=1)
+    del np, pd
+    return {"stage_seconds": time.perf_counter() - t, "fits": fits}
+
+
+def _bare_fit(spec: dict[str, Any], storage_root: Path, train_days: list[str], valid_days: list[str]):
+    """bare_train's fit as a function: (booster, a reader of days as model input)."""
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    root = storage_root / "features" / spec["name"]
+    features = [f["name"] for f in spec["features"]] + ["event_hour", "event_day_of_week", "is_weekend"]
+    categorical = [f["name"] for f in spec["features"] if f["type"] == "categorical"]
+    target = spec["target"]["name"]
+    sentinel = spec.get("model", {}).get("missing_values", "sentinel") == "sentinel"
+    categories: dict[str, Any] = {}
+
+    def read(days: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+        frames = []
+        for ds in days:
+            manifest = json.loads((root / f"ds={ds}" / "_manifest.json").read_text())
+            for entry in manifest["files"]:
+                frames.append(pd.read_parquet(root / f"ds={ds}" / entry["name"], columns=[*features, target]))
+        frame = pd.concat(frames, ignore_index=True)
+        for name in features:
+            if name in categorical:
+                values = frame[name].astype("category") if name not in categories else pd.Categorical(
+                    frame[name], categories=categories[name])
+                frame[name] = values
+                if sentinel:
+                    frame[name] = frame[name].cat.add_categories(["__missing__"]).fillna("__missing__")
+            else:
+                frame[name] = frame[name].astype("float64")
+                if sentinel:
+                    frame[name] = frame[name].fillna(-1e30)
+        return frame[features], frame[target].to_numpy(np.float64)
+
+    X_train, y_train = read(train_days)
+    categories.update({name: X_train[name].cat.categories.drop("__missing__", errors="ignore")
+                       for name in categorical})
+    X_valid, y_valid = read(valid_days)
+    model = spec.get("model", {})
+    params = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"], "tree_method": "hist",
+              "nthread": 4, **model.get("params", {}), "seed": model.get("seed", 42)}
+    dtrain = xgb.QuantileDMatrix(X_train, label=y_train, enable_categorical=True)
+    dvalid = xgb.QuantileDMatrix(X_valid, label=y_valid, ref=dtrain, enable_categorical=True)
+    booster = xgb.train(params, dtrain, num_boost_round=model.get("num_boost_round", 300),
+                        evals=[(dvalid, "validation")], early_stopping_rounds=model.get("early_stopping_rounds", 20),
+                        verbose_eval=False)
+    return booster, read
+
+
 # ------------------------------------------------------------------------------------------ parse
 
 

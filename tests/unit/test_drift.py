@@ -612,3 +612,28 @@ def test_days_inside_the_training_window_are_reported_not_judged(spec: PipelineS
     assert inside["judged"] is False and inside["drift_detected"] is False and inside["reasons"] == []
     assert inside["drifted_features"] == judged["drifted_features"]  # still reported
     assert "inside the champion's training window" in inside["not_judged"]
+
+
+def test_a_day_is_judged_against_the_spread_of_the_reference_days(spec: PipelineSpec) -> None:
+    """Rows of one day are alike (one weather system): each reference day is offset from the others, so a
+    new day with an ordinary offset is no drift, one far outside every reference day is."""
+    rng = np.random.default_rng(61)
+    reference_frame = _with_days(make_frame(spec, 2800, seed=61), spec, DS - dt.timedelta(days=14), 14)
+    day_index = np.arange(len(reference_frame)) * 14 // len(reference_frame)
+    offsets = rng.normal(0.0, 1.0, 14)  # a day effect of about one std
+    mean, std = NUMERIC["amount"]
+    reference_frame["amount"] = mean + std * (rng.standard_normal(len(reference_frame)) * 0.5 + offsets[day_index])
+    profile = build_reference_profile(reference_frame, spec)
+    spread = profile["features"]["amount"]["daily_spread"]
+    assert spread["days"] == 14 and spread["psi_max"] > spec.drift.psi_threshold
+
+    def day(offset: float) -> pd.DataFrame:
+        frame = make_frame(spec, 200, seed=62)
+        frame["amount"] = mean + std * (rng.standard_normal(200) * 0.5 + offset)
+        return frame
+
+    ordinary = report_for(spec, profile, day(float(np.median(offsets))))["features"]["amount"]
+    assert ordinary["psi"] > spec.drift.psi_threshold and ordinary["ks_pvalue"] < spec.drift.ks_pvalue
+    assert ordinary["drifted"] is False  # what the pooled comparison alone called drift
+    far = report_for(spec, profile, day(float(offsets.max()) + 3.0))["features"]["amount"]
+    assert far["drifted"] is True and "psi" in far["checks"]

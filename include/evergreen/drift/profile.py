@@ -126,6 +126,33 @@ def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec) -> bool:
     return bool(len(per_day) >= 2 and (per_day <= 1).all() and values.nunique(dropna=True) >= 2)
 
 
+MIN_SPREAD_DAY_ROWS = 20  # days with fewer rows in the reference frame say little about daily spread
+
+
+def _daily_spread(frame: pd.DataFrame, name: str, kind: FeatureType, entry: dict[str, Any],
+                  spec: PipelineSpec) -> dict[str, Any] | None:
+    """How far the reference's own days stray from the whole reference (largest PSI and KS statistic of a
+    single day): neighbouring rows of one day are alike (one weather system, one campaign), so a live day
+    is judged against this spread, not against the pooled distribution alone."""
+    if spec.timestamp_column not in frame.columns or frame.empty:
+        return None
+    from evergreen.drift.statistics import categorical_drift, numeric_drift
+
+    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone).dt.date
+    psis, ks = [], []
+    for _, rows in frame[name].groupby(local.to_numpy()):
+        if len(rows) < MIN_SPREAD_DAY_ROWS:
+            continue
+        result = numeric_drift(entry, rows) if kind == FeatureType.NUMERIC else categorical_drift(entry, rows)
+        if result.get("psi") is not None:
+            psis.append(float(result["psi"]))
+        if result.get("ks_statistic") is not None:
+            ks.append(float(result["ks_statistic"]))
+    if len(psis) < 2:
+        return None
+    return {"days": len(psis), "psi_max": max(psis), "ks_statistic_max": max(ks) if ks else None}
+
+
 def build_reference_profile(
     frame: pd.DataFrame,
     spec: PipelineSpec,
@@ -155,6 +182,7 @@ def build_reference_profile(
         else:
             features[name] = _categorical_profile(frame[name], kind)
         features[name]["day_constant"] = _day_constant(frame, name, spec)
+        features[name]["daily_spread"] = _daily_spread(frame, name, kind, features[name], spec)
     profile: dict[str, Any] = {
         "version": PROFILE_VERSION,
         "spec": spec.name,

@@ -7,7 +7,10 @@ Rules (thresholds from ``spec.drift``):
   the KS test rejecting with PSI >= ``psi_threshold / 2`` or a KS statistic >= ``ks_statistic`` (a change
   of shape can hide inside PSI's bins); or the missing rate moved by >= ``missing_rate_delta`` and a
   binomial test rejects; or it was constant in the reference and varies now. (PSI alone on a small day
-  is mostly sampling noise; a test alone on a big day flags negligible shifts);
+  is mostly sampling noise; a test alone on a big day flags negligible shifts.) PSI and KS must also
+  exceed the largest value a single day of the reference itself showed against the whole reference
+  (``daily_spread`` in the profile): rows of one day are alike, so ordinary days differ from a pooled
+  reference by more than independent samples would;
 * the day drifts when the share of drifted features > ``max_drifted_share``, or a ``key_features`` member
   drifted, or (with ``prediction_drift_in_verdict``) the prediction PSI > ``prediction_psi_threshold``, or
   (labels known) the primary metric is worse by more than ``max_performance_drop`` (relative) than the
@@ -217,11 +220,16 @@ def _failed_checks(result: Mapping[str, Any], cfg: Any) -> list[str]:
     value_psi, ks_pvalue, delta = result.get("psi"), result.get("ks_pvalue"), result.get("missing_delta")
     shape_pvalue = ks_pvalue if ks_pvalue is not None else result.get("chi2_pvalue")
     significant = shape_pvalue is None or shape_pvalue < cfg.ks_pvalue
-    if value_psi is not None and value_psi >= cfg.psi_threshold and significant:
+    # Beyond what the reference's own days showed: an ordinary day is no drift however it tests.
+    spread = result.get("reference_daily") or {}
+    beyond_psi = value_psi is not None and value_psi > (spread.get("psi_max") or 0.0)
+    ks_stat = result.get("ks_statistic")
+    beyond_ks = ks_stat is not None and ks_stat > (spread.get("ks_statistic_max") or 0.0)
+    if value_psi is not None and value_psi >= cfg.psi_threshold and significant and beyond_psi:
         checks.append("psi")
-    material = (value_psi is not None and value_psi >= cfg.psi_threshold / 2) or (
-        result.get("ks_statistic") is not None and result["ks_statistic"] >= cfg.ks_statistic)
-    if ks_pvalue is not None and ks_pvalue < cfg.ks_pvalue and material:
+    material = (value_psi is not None and value_psi >= cfg.psi_threshold / 2 and beyond_psi) or (
+        ks_stat is not None and ks_stat >= cfg.ks_statistic)
+    if ks_pvalue is not None and ks_pvalue < cfg.ks_pvalue and material and beyond_ks:
         checks.append("ks")
     missing_pvalue = result.get("missing_pvalue")
     if delta is not None and abs(delta) >= cfg.missing_rate_delta and (
@@ -348,6 +356,7 @@ def drift_report(
             result["note"] = ("calendar-like (one value per day): today's value is one the reference knows, "
                               "so it is not judged" if known else "calendar-like: a value the reference never held")
         else:
+            result["reference_daily"] = entry.get("daily_spread")
             checks = _failed_checks(result, cfg)
             result.update(monitored=True, calendar_like=False)
         result.update(key=name in cfg.key_features, drifted=bool(checks), checks=checks)
