@@ -299,7 +299,9 @@ def evaluate_gates(
 
 # Gates a challenger may fail and still replace a champion it beats on the same holdout rows: serving the
 # better model beats keeping a worse one because neither clears the bar (the decision says so, loudly).
-BAR_GATES_PREFIXES = ("absolute:", "lift_over_baseline")
+# They are the absolute bars (overall and the worst slice's) and the lift over the baseline; a regression
+# against the champion, the slice gap and an undecidable gate always reject.
+BAR_GATES_PREFIXES = ("absolute:", "lift_over_baseline", "min_slice_metric")
 PROMOTING = frozenset({"promote", "promote_below_bar"})
 
 

@@ -240,7 +240,8 @@ class GatesSpec(_Model):
     max_slice_gap: float | None = None
     min_slice_rows: int = Field(default=50, ge=1)
     # A challenger that beats the champion on the same holdout replaces it even when it fails an absolute
-    # threshold or the lift over the baseline ("below the bar", recorded and logged); true: those block.
+    # threshold (overall or min_slice_metric) or the lift over the baseline ("below the bar", recorded and
+    # logged); true: those block.
     bar_blocks: bool = False
 
 

@@ -212,7 +212,8 @@ def test_single_class_holdout_is_not_evaluable_never_a_pass() -> None:
         pytest.param(["absolute:rmse"], True, "3", True, "reject", id="bar-blocks"),
         pytest.param(["absolute:rmse"], None, None, False, "reject", id="below-bar-no-champion"),
         pytest.param(["absolute:rmse"], False, "3", False, "reject", id="below-bar-and-worse"),
-        pytest.param(["max_slice_gap"], True, "3", False, "reject", id="slice-gate-never-waived"),
+        pytest.param(["max_slice_gap"], True, "3", False, "reject", id="slice-gap-never-waived"),
+        pytest.param(["min_slice_metric"], True, "3", False, "promote_below_bar", id="worst-slice-bar-but-better"),
         pytest.param(["primary_metric:rmse"], None, "3", False, "reject", id="not-evaluable"),
     ],
 )
