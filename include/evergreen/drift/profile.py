@@ -112,17 +112,24 @@ def _categorical_profile(values: pd.Series, kind: FeatureType) -> dict[str, Any]
     }
 
 
-def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec) -> bool:
+def local_days(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray | None:
+    """The local calendar day of every row (None without timestamps): what the daily checks group by."""
+    if spec.timestamp_column not in frame.columns or frame.empty:
+        return None
+    stamps = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
+    return stamps.dt.date.to_numpy()
+
+
+def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec, days: np.ndarray | None) -> bool:
     """Whether the feature holds one value within every day of ``frame`` yet more than one across days
     (day of week, month, season, a holiday flag): calendar-like, so one day can never match the whole
     reference. Declared ones (``drift.calendar_features``) count without looking."""
     if name in spec.drift.calendar_features:
         return True
-    if spec.timestamp_column not in frame.columns or frame.empty:
+    if days is None:
         return False
-    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone).dt.date
     values = frame[name].astype("object").where(frame[name].notna(), None)
-    per_day = values.groupby(local.to_numpy()).nunique(dropna=True)
+    per_day = values.groupby(days).nunique(dropna=True)
     return bool(len(per_day) >= 2 and (per_day <= 1).all() and values.nunique(dropna=True) >= 2)
 
 
@@ -130,24 +137,39 @@ MIN_SPREAD_DAY_ROWS = 20  # days with fewer rows in the reference frame say litt
 
 
 def _daily_spread(frame: pd.DataFrame, name: str, kind: FeatureType, entry: dict[str, Any],
-                  spec: PipelineSpec) -> dict[str, Any] | None:
+                  days: np.ndarray | None) -> dict[str, Any] | None:
     """How far the reference's own days stray from the whole reference (largest PSI and KS statistic of a
     single day): neighbouring rows of one day are alike (one weather system, one campaign), so a live day
-    is judged against this spread, not against the pooled distribution alone."""
-    if spec.timestamp_column not in frame.columns or frame.empty:
+    is judged against this spread, not against the pooled distribution alone. Statistics only, no
+    p-values (a test per day and feature would cost more than the fit on small data)."""
+    if days is None:
         return None
-    from evergreen.drift.statistics import categorical_drift, numeric_drift
+    from evergreen.drift.statistics import categorical_drift, psi
 
-    local = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone).dt.date
+    numeric = kind == FeatureType.NUMERIC
+    if numeric:
+        edges = [float(e) for e in entry.get("edges") or []]
+        reference = [float(f) for f in entry.get("fractions") or []]
+        sample = np.sort(np.asarray(entry.get("sample") or [], dtype="float64"))
     psis, ks = [], []
-    for _, rows in frame[name].groupby(local.to_numpy()):
+    for _, rows in frame[name].groupby(days):
         if len(rows) < MIN_SPREAD_DAY_ROWS:
             continue
-        result = numeric_drift(entry, rows) if kind == FeatureType.NUMERIC else categorical_drift(entry, rows)
-        if result.get("psi") is not None:
-            psis.append(float(result["psi"]))
-        if result.get("ks_statistic") is not None:
-            ks.append(float(result["ks_statistic"]))
+        if not numeric:
+            value = categorical_drift(entry, rows).get("psi")
+            if value is not None:
+                psis.append(float(value))
+            continue
+        values = numeric_values(rows)
+        finite = np.sort(values[np.isfinite(values)])
+        if not finite.size or sum(reference) <= 0:
+            continue
+        psis.append(psi(reference, bin_fractions(finite, edges)))
+        if sample.size:
+            points = np.concatenate([sample, finite])
+            gap = np.abs(np.searchsorted(sample, points, side="right") / sample.size
+                         - np.searchsorted(finite, points, side="right") / finite.size)
+            ks.append(float(gap.max()))
     if len(psis) < 2:
         return None
     return {"days": len(psis), "psi_max": max(psis), "ks_statistic_max": max(ks) if ks else None}
@@ -171,6 +193,7 @@ def build_reference_profile(
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     features: dict[str, Any] = {}
+    days = local_days(frame, spec)
     for i, (name, kind) in enumerate(spec.model_features.items()):
         if name not in frame.columns:
             raise KeyError(f"reference frame lacks model feature {name!r}")
@@ -181,8 +204,8 @@ def build_reference_profile(
                                               rng=rng)
         else:
             features[name] = _categorical_profile(frame[name], kind)
-        features[name]["day_constant"] = _day_constant(frame, name, spec)
-        features[name]["daily_spread"] = _daily_spread(frame, name, kind, features[name], spec)
+        features[name]["day_constant"] = _day_constant(frame, name, spec, days)
+        features[name]["daily_spread"] = _daily_spread(frame, name, kind, features[name], days)
     profile: dict[str, Any] = {
         "version": PROFILE_VERSION,
         "spec": spec.name,
