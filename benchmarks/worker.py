@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,56 +243,17 @@ def bare_train(args: dict[str, Any]) -> dict[str, Any]:
     of this model on these partitions needs (concatenate in pandas, one QuantileDMatrix).
     """
     t = time.perf_counter()
-    import numpy as np
-    import pandas as pd
-    import xgboost as xgb
+    import numpy  # noqa: F401  (timed as import_seconds, as before)
+    import pandas  # noqa: F401
+    import xgboost  # noqa: F401
     import yaml
 
     imported = time.perf_counter() - t
     t = time.perf_counter()
     spec = yaml.safe_load(Path(args["spec_file"]).read_text())
-    root = Path(args["storage_root"]) / "features" / spec["name"]
-    features = [f["name"] for f in spec["features"]] + ["event_hour", "event_day_of_week", "is_weekend"]
-    categorical = [f["name"] for f in spec["features"] if f["type"] == "categorical"]
-    target = spec["target"]["name"]
-
-    def read(days: list[str]) -> pd.DataFrame:
-        frames = []
-        for ds in days:
-            manifest = json.loads((root / f"ds={ds}" / "_manifest.json").read_text())
-            for entry in manifest["files"]:
-                frames.append(pd.read_parquet(root / f"ds={ds}" / entry["name"], columns=[*features, target]))
-        frame = pd.concat(frames, ignore_index=True)
-        for name in features:
-            if name in categorical:
-                frame[name] = frame[name].astype("category")
-            else:
-                frame[name] = frame[name].astype("float64")
-        return frame
-
-    train, valid = read(args["train_days"]), read(args["validation_days"])
-    for name in categorical:  # validation uses the training categories
-        valid[name] = pd.Categorical(valid[name], categories=train[name].cat.categories)
-    if spec.get("model", {}).get("missing_values", "sentinel") == "sentinel":
-        # The same model as Evergreen's: missing values encoded, so XGBoost stores a dense matrix.
-        for frame in (train, valid):
-            for name in features:
-                if name in categorical:
-                    frame[name] = frame[name].cat.add_categories(["__missing__"]).fillna("__missing__")
-                else:
-                    frame[name] = frame[name].fillna(-1e30)
-    loaded = time.perf_counter() - t
-    model = spec.get("model", {})
-    params = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"], "tree_method": "hist",
-              "nthread": 4, **model.get("params", {}), "seed": model.get("seed", 42)}
-    dtrain = xgb.QuantileDMatrix(train[features], label=train[target].to_numpy(np.float64), enable_categorical=True)
-    dvalid = xgb.QuantileDMatrix(valid[features], label=valid[target].to_numpy(np.float64), ref=dtrain,
-                                 enable_categorical=True)
-    booster = xgb.train(params, dtrain, num_boost_round=model.get("num_boost_round", 300),
-                        evals=[(dvalid, "validation")], early_stopping_rounds=model.get("early_stopping_rounds", 20),
-                        verbose_eval=False)
-    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "read_seconds": loaded,
-            "best_iteration": int(booster.best_iteration), "rows": len(train)}
+    fit = _bare_fit(spec, Path(args["storage_root"]), args["train_days"], args["validation_days"])
+    return {"import_seconds": imported, "stage_seconds": time.perf_counter() - t, "read_seconds": fit.read_seconds,
+            "best_iteration": int(fit.booster.best_iteration), "rows": fit.rows}
 
 
 # ------------------------------------------------------------------------------------------ backtest
@@ -315,8 +278,6 @@ def backtest(args: dict[str, Any]) -> dict[str, Any]:
 def bare_backtest(args: dict[str, Any]) -> dict[str, Any]:
     """The bare loop the backtest is compared with: per day, read the window ending the day before, fit the
     same XGBoost model (early-stopped on the same validation days) and predict the day. Nothing else."""
-    import numpy as np
-    import pandas as pd
     import xgboost as xgb
     import yaml
 
@@ -329,17 +290,24 @@ def bare_backtest(args: dict[str, Any]) -> dict[str, Any]:
     while day < end:
         days = [(day - dt.timedelta(days=i)).isoformat() for i in reversed(range(args["window_days"]))]
         train_days, valid_days = days[: -(holdout + validation)], days[-(holdout + validation):-holdout]
-        booster, prepare = _bare_fit(spec, Path(args["storage_root"]), train_days, valid_days)
-        scored = prepare([(day + dt.timedelta(days=1)).isoformat()])
-        booster.predict(xgb.DMatrix(scored[0], enable_categorical=True))
+        fit = _bare_fit(spec, Path(args["storage_root"]), train_days, valid_days)
+        scored = fit.read([(day + dt.timedelta(days=1)).isoformat()])
+        fit.booster.predict(xgb.DMatrix(scored[0], enable_categorical=True))
         fits += 1
         day += dt.timedelta(days=1)
-    del np, pd
     return {"stage_seconds": time.perf_counter() - t, "fits": fits}
 
 
-def _bare_fit(spec: dict[str, Any], storage_root: Path, train_days: list[str], valid_days: list[str]):
-    """bare_train's fit as a function: (booster, a reader of days as model input)."""
+@dataclass
+class _BareFit:
+    booster: Any
+    read: Callable[[list[str]], tuple[Any, Any]]  # days -> (model input, labels), training categories
+    rows: int
+    read_seconds: float
+
+
+def _bare_fit(spec: dict[str, Any], storage_root: Path, train_days: list[str], valid_days: list[str]) -> _BareFit:
+    """Read the training and validation days in pandas and fit the spec's XGBoost model on them."""
     import numpy as np
     import pandas as pd
     import xgboost as xgb
@@ -371,10 +339,12 @@ def _bare_fit(spec: dict[str, Any], storage_root: Path, train_days: list[str], v
                     frame[name] = frame[name].fillna(-1e30)
         return frame[features], frame[target].to_numpy(np.float64)
 
+    t = time.perf_counter()
     X_train, y_train = read(train_days)
     categories.update({name: X_train[name].cat.categories.drop("__missing__", errors="ignore")
                        for name in categorical})
     X_valid, y_valid = read(valid_days)
+    read_seconds = time.perf_counter() - t
     model = spec.get("model", {})
     params = {"objective": "binary:logistic", "eval_metric": ["auc", "logloss"], "tree_method": "hist",
               "nthread": 4, **model.get("params", {}), "seed": model.get("seed", 42)}
@@ -383,7 +353,7 @@ def _bare_fit(spec: dict[str, Any], storage_root: Path, train_days: list[str], v
     booster = xgb.train(params, dtrain, num_boost_round=model.get("num_boost_round", 300),
                         evals=[(dvalid, "validation")], early_stopping_rounds=model.get("early_stopping_rounds", 20),
                         verbose_eval=False)
-    return booster, read
+    return _BareFit(booster=booster, read=read, rows=len(X_train), read_seconds=read_seconds)
 
 
 # ------------------------------------------------------------------------------------------ parse

@@ -104,7 +104,6 @@ class _PolicyState:
     promotions: int = 0
     alarms: int = 0
     seconds: float = 0.0
-    decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Replay:
@@ -156,8 +155,7 @@ class _Replay:
             report = drift_report(self.spec, model.profile, day.frame, champion_version=model.window.as_of.isoformat(),
                                   scores=scores, labels=day.frame[self.spec.target.name],
                                   champion_metric=model.metrics, ds=ds)
-            self.verdicts[key] = {"drift_detected": report["drift_detected"], "reasons": report["reasons"],
-                                  "drifted_share": report["drifted_share"], "judged": report["judged"]}
+            self.verdicts[key] = {"drift_detected": report["drift_detected"], "reasons": report["reasons"]}
         return self.verdicts[key]
 
 
@@ -220,6 +218,7 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
                 "ds": ds.isoformat(), "rows": int(mask.sum()), "score": metrics.get(metric),
                 "primary": metrics.get(primary), "model": model.window.as_of.isoformat(), "alarm": alarm,
                 "retrained": False, "promoted": False, "reason": None,
+                "drift_reasons": verdict["reasons"] if alarm else [],
             }
 
             due = policy.kind in ("every", "gated") and (index + 1) % policy.every == 0
@@ -234,7 +233,6 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
             if due:
                 candidate = replay.candidate(ds)
                 state.seconds += replay.fit_seconds[ds]  # a fit shared with another policy counts for both
-                state.decisions.append({"ds": ds.isoformat(), "fit": candidate is not None})
                 if candidate is None:
                     record["reason"] = f"not trainable: {replay.fit_errors[ds][:200]}"
                 else:

@@ -64,8 +64,9 @@ def test_policies_on_a_concept_change(changing_world, storage_root: Path, mlflow
     assert [d["model"] for d in daily] == [(first + dt.timedelta(days=i - 1)).isoformat() for i in range(REPLAY)]
     assert all(d["rows"] == 300 for d in daily)
     assert {d["model"] for d in pol["static"]["daily"]} == {(first - dt.timedelta(days=1)).isoformat()}
-    # The reversed relationship is visible to the monitor of the static model.
+    # The reversed relationship is visible to the monitor of the static model, and each alarm says why.
     assert pol["static"]["alarms"] >= REPLAY // 2
+    assert all(bool(d["drift_reasons"]) == d["alarm"] for d in pol["static"]["daily"])
     # Scores are row-weighted means of the daily metric.
     assert pol["static"]["score"] == pytest.approx(sum(d["score"] for d in pol["static"]["daily"]) / REPLAY)
     # The gated policy's rejections say why.
