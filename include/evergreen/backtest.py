@@ -10,7 +10,8 @@ time). Nothing is registered and nothing is written under the storage root: the 
 is an in-memory scratch registry, and the report goes to the output folder. A fit is done once per
 window end and shared by the policies that ask for it.
 
-Policies: ``static`` (the initial model forever), ``every:N`` (retrain every N days, the candidate always
+A training's candidate is its better model on the holdout, XGBoost or the linear baseline, as in the
+training DAG (``choose_candidate``). Policies: ``static`` (the initial model forever), ``every:N`` (retrain every N days, the candidate always
 replaces the champion), ``gated:N`` (every N days, through the spec's gates) and ``triggered`` (when the
 drift verdict says so, with the spec's hysteresis and cooldown, through the gates).
 """
@@ -34,7 +35,9 @@ from evergreen.drift.statistics import drift_report
 from evergreen.errors import DataQualityError, EvergreenError
 from evergreen.etl.features import add_time_features
 from evergreen.evaluation import (
+    BASELINE,
     PROMOTING,
+    choose_candidate,
     compute_metrics,
     compute_slice_metrics,
     evaluate_gates,
@@ -44,7 +47,7 @@ from evergreen.evaluation import (
 )
 from evergreen.monitoring import retrain_verdict
 from evergreen.spec import PipelineSpec, TaskType
-from evergreen.training.train import Challenger, fit_challenger, predict_booster
+from evergreen.training.train import Candidate, Challenger, fit_challenger
 from evergreen.training.window import read_features, select_window
 
 REPORT_JSON = "backtest.json"
@@ -96,12 +99,13 @@ class _Day:
 
 @dataclass
 class _PolicyState:
-    model: Challenger
+    model: Candidate
     last_retrain: dt.date
     streak: int = 0
     daily: list[dict[str, Any]] = field(default_factory=list)
     retrains: int = 0
     promotions: int = 0
+    baseline_promotions: int = 0
     alarms: int = 0
     seconds: float = 0.0
 
@@ -116,10 +120,10 @@ class _Replay:
         self.fit_seconds: dict[dt.date, float] = {}
         self.fit_errors: dict[dt.date, str] = {}
         self.days: dict[dt.date, _Day] = {}
-        self.scores: dict[tuple[dt.date, dt.date], np.ndarray] = {}
-        self.verdicts: dict[tuple[dt.date, dt.date], dict[str, Any]] = {}
+        self.scores: dict[tuple[dt.date, str, dt.date], np.ndarray] = {}
+        self.verdicts: dict[tuple[dt.date, str, dt.date], dict[str, Any]] = {}
 
-    def candidate(self, as_of: dt.date) -> Challenger | None:
+    def fit(self, as_of: dt.date) -> Challenger | None:
         """The challenger trained on the window ending ``as_of`` (None when that window is not trainable)."""
         if as_of not in self.fits:
             began = time.perf_counter()
@@ -139,17 +143,17 @@ class _Replay:
             self.days[ds] = _Day(frame=frame, labelled=target.notna().to_numpy())
         return self.days[ds]
 
-    def predictions(self, model: Challenger, ds: dt.date) -> tuple[np.ndarray, float]:
+    def predictions(self, model: Candidate, ds: dt.date) -> tuple[np.ndarray, float]:
         """The model's scores on every row of ``ds``, and the seconds it took (0 when cached)."""
-        key = (model.window.as_of, ds)
+        key = (model.window.as_of, model.kind, ds)
         if key in self.scores:
             return self.scores[key], 0.0
         began = time.perf_counter()
-        self.scores[key] = predict_booster(model.fitted.booster, model.fitted.schema, self.day(ds).frame)
+        self.scores[key] = model.predict(self.day(ds).frame)
         return self.scores[key], time.perf_counter() - began
 
-    def verdict(self, model: Challenger, ds: dt.date, scores: np.ndarray) -> dict[str, Any]:
-        key = (model.window.as_of, ds)
+    def verdict(self, model: Candidate, ds: dt.date, scores: np.ndarray) -> dict[str, Any]:
+        key = (model.window.as_of, model.kind, ds)
         if key not in self.verdicts:
             day = self.day(ds)
             report = drift_report(self.spec, model.profile, day.frame, champion_version=model.window.as_of.isoformat(),
@@ -159,17 +163,22 @@ class _Replay:
         return self.verdicts[key]
 
 
-def _gate(spec: PipelineSpec, candidate: Challenger, champion: Challenger) -> dict[str, Any]:
+def best_candidate(spec: PipelineSpec, trained: Challenger) -> Candidate:
+    """The model of a training that the gates judge (:func:`evergreen.evaluation.choose_candidate`)."""
+    return trained.candidate(choose_candidate(spec, trained.metrics, trained.baseline_metrics))
+
+
+def _gate(spec: PipelineSpec, candidate: Candidate, champion: Candidate) -> dict[str, Any]:
     """The training DAG's gates for ``candidate``: the champion re-scored on the candidate's holdout."""
-    holdout = candidate.holdout
-    champion_pred = predict_booster(champion.fitted.booster, champion.fitted.schema, holdout.frame)
-    champion_metrics = compute_metrics(spec.task_type, holdout.y, champion_pred)
+    holdout = candidate.challenger.holdout
+    champion_metrics = compute_metrics(spec.task_type, holdout.y, champion.predict(holdout.frame))
     slices: dict[str, dict[str, float]] = {}
     if spec.gates.slice_feature:
         slices = compute_slice_metrics(spec.task_type, holdout.frame[spec.gates.slice_feature], holdout.y,
-                                       holdout.challenger, min_rows=spec.gates.min_slice_rows)
+                                       candidate.holdout_scores, min_rows=spec.gates.min_slice_rows)
     classes = len(np.unique(holdout.y)) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None
-    report = evaluate_gates(spec, candidate.metrics, candidate.baseline_metrics, champion_metrics, slices, classes)
+    report = evaluate_gates(spec, candidate.metrics, candidate.challenger.baseline_metrics, champion_metrics, slices,
+                            classes, candidate=candidate.kind)
     return {**report.to_dict(), "champion_version": "scratch"}
 
 
@@ -190,13 +199,14 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
     replay = _Replay(spec, window_days)
     began = time.perf_counter()
     initial_as_of = days[0] - dt.timedelta(days=1)
-    initial = replay.candidate(initial_as_of)
+    initial = replay.fit(initial_as_of)
     if initial is None:
         raise BacktestError(f"cannot train the initial model on the window ending {initial_as_of}: "
                             f"{replay.fit_errors[initial_as_of]}")
     metric, direction = daily_metric(spec)
     primary = spec.primary_metric
-    states = {p.name: _PolicyState(model=initial, last_retrain=initial_as_of, seconds=replay.fit_seconds[initial_as_of])
+    states = {p.name: _PolicyState(model=best_candidate(spec, initial), last_retrain=initial_as_of,
+                                   seconds=replay.fit_seconds[initial_as_of])
               for p in policies}
     cooldown_days = spec.drift.cooldown_hours / 24.0
 
@@ -216,7 +226,8 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
             state.streak = state.streak + 1 if alarm else 0
             record: dict[str, Any] = {
                 "ds": ds.isoformat(), "rows": int(mask.sum()), "score": metrics.get(metric),
-                "primary": metrics.get(primary), "model": model.window.as_of.isoformat(), "alarm": alarm,
+                "primary": metrics.get(primary), "model": model.window.as_of.isoformat(), "candidate": model.kind,
+                "alarm": alarm,
                 "retrained": False, "promoted": False, "reason": None,
                 "drift_reasons": verdict["reasons"] if alarm else [],
             }
@@ -231,11 +242,12 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
                 due = decision == "eligible"
                 record["reason"] = detail or decision
             if due:
-                candidate = replay.candidate(ds)
+                trained = replay.fit(ds)
                 state.seconds += replay.fit_seconds[ds]  # a fit shared with another policy counts for both
-                if candidate is None:
+                if trained is None:
                     record["reason"] = f"not trainable: {replay.fit_errors[ds][:200]}"
                 else:
+                    candidate = best_candidate(spec, trained)
                     state.retrains += 1
                     state.last_retrain = ds
                     record["retrained"] = True
@@ -250,6 +262,7 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
                     if promote:
                         state.model = candidate
                         state.promotions += 1
+                        state.baseline_promotions += int(candidate.kind == BASELINE)
                         record["promoted"] = True
                         state.streak = 0
             state.daily.append(record)
@@ -286,6 +299,7 @@ def _summary(state: _PolicyState, metric: str, primary: str) -> dict[str, Any]:
         "primary_score": _weighted(state.daily, "primary"),
         "retrains": state.retrains,
         "promotions": state.promotions,
+        "baseline_promotions": state.baseline_promotions,
         "alarms": state.alarms,
         "alarm_share": state.alarms / len(state.daily) if state.daily else 0.0,
         "compute_seconds": round(state.seconds, 3),

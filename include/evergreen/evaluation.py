@@ -6,6 +6,9 @@ Gate semantics (all metric names are those of :data:`METRIC_DIRECTIONS`):
   threshold.
 * ``min_lift_over_baseline``: the challenger's primary metric must beat the simple baseline by at least
   this *relative* improvement (0.0 = "not worse"); relative so one number means the same for AUC and RMSE.
+  When the baseline beats XGBoost on the holdout it is the candidate itself (``gates.baseline_candidate``,
+  on by default; :func:`choose_candidate`) and this gate is skipped: it is then the baseline that must
+  clear the other gates and beat the champion.
 * ``max_regression_vs_champion``: the challenger may be at most this *relative* amount worse than the
   current champion re-scored on the same holdout (skipped when there is no champion).
 * ``min_slice_metric`` / ``max_slice_gap``: per value of ``slice_feature`` (slices with fewer than
@@ -47,6 +50,8 @@ CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1", "accuracy", "br
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 
 SLICE_MISSING = "__missing__"
+XGBOOST = "xgboost"
+BASELINE = "baseline"
 _EPS = 1e-12
 
 
@@ -177,6 +182,7 @@ class GateReport:
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] | None = None
     slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    candidate: str = XGBOOST  # which model of the training the gates judged
 
     @property
     def failed(self) -> list[GateResult]:
@@ -204,9 +210,11 @@ def evaluate_gates(
     champion_metrics: Mapping[str, float] | None,
     slice_metrics: Mapping[str, Mapping[str, float]],
     holdout_classes: int | None = None,
+    candidate: str = XGBOOST,
 ) -> GateReport:
-    """Apply ``spec.gates`` to already-computed metrics (pure: no I/O, no MLflow). ``holdout_classes``: the
-    classes present in a binary holdout, to say why a primary metric is undefined."""
+    """Apply ``spec.gates`` to already-computed metrics (pure: no I/O, no MLflow). ``challenger_metrics``
+    are the candidate's: XGBoost's, or the baseline's when ``candidate`` is ``baseline``.
+    ``holdout_classes``: the classes present in a binary holdout, to say why a primary metric is undefined."""
     gates_spec = spec.gates
     primary = spec.primary_metric
     higher_is_better(primary)  # fail loudly on a typo in the spec's primary metric
@@ -228,7 +236,10 @@ def evaluate_gates(
         gates.append(GateResult(f"absolute:{metric}", got, threshold, ok, f"{metric} {op} {threshold}"))
 
     base = baseline_metrics.get(primary)
-    if _finite(value) and _finite(base):
+    if candidate == BASELINE:
+        gates.append(GateResult("lift_over_baseline", None, gates_spec.min_lift_over_baseline, True,
+                                "the baseline is the candidate: it beat XGBoost on the holdout", status="skipped"))
+    elif _finite(value) and _finite(base):
         lift = relative_improvement(primary, float(value), float(base))
         ok = lift >= gates_spec.min_lift_over_baseline
         detail = f"relative lift of {primary} over baseline ({base:.6g}) >= {gates_spec.min_lift_over_baseline}"
@@ -286,6 +297,7 @@ def evaluate_gates(
                                         f"{gates_spec.slice_feature} slices"))
 
     return GateReport(
+        candidate=candidate,
         passed=all(g.passed for g in gates),
         gates=gates,
         primary_metric=primary,
@@ -295,6 +307,18 @@ def evaluate_gates(
         champion_metrics=dict(champion_metrics) if champion_metrics is not None else None,
         slice_metrics={k: dict(v) for k, v in slice_metrics.items()},
     )
+
+
+def choose_candidate(spec: PipelineSpec, metrics: Mapping[str, float], baseline_metrics: Mapping[str, float]) -> str:
+    """``baseline`` when the baseline is strictly better than XGBoost on the holdout's primary metric (and
+    ``gates.baseline_candidate``), else ``xgboost``: the better model of a training is the one judged, so
+    "XGBoost lost to the baseline" never means "keep a stale champion"."""
+    primary = spec.primary_metric
+    xgb, base = metrics.get(primary), baseline_metrics.get(primary)
+    if spec.gates.baseline_candidate and _finite(base) and (
+            not _finite(xgb) or improvement(primary, float(base), float(xgb)) > 0):
+        return BASELINE
+    return XGBOOST
 
 
 # Gates a challenger may fail and still replace a champion it beats on the same holdout rows: serving the
@@ -380,7 +404,20 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     challenger_metrics = compute_metrics(spec.task_type, y_true, challenger_pred)
 
     baseline_run_id = tags.get(Tag.BASELINE_RUN_ID)
-    baseline_metrics = _known_metrics(client.get_run(baseline_run_id).data.metrics) if baseline_run_id else {}
+    baseline_run = client.get_run(baseline_run_id) if baseline_run_id else None
+    baseline_metrics = _known_metrics(baseline_run.data.metrics) if baseline_run is not None else {}
+    xgboost_metrics = challenger_metrics
+    candidate, candidate_run_id = XGBOOST, run_id
+    # A baseline run logged before baselines were registered models has no model to promote.
+    if (baseline_run is not None and Tag.MODEL_SHA256 in baseline_run.data.tags
+            and choose_candidate(spec, challenger_metrics, baseline_metrics) == BASELINE):
+        # Judged and compared as what would serve: the registered baseline model itself, re-scored.
+        baseline_model = tracking.load_verified_model(
+            tracking.model_uri_of(baseline_run_id, baseline_run.data.tags),
+            tracking.model_manifest(baseline_run.data.tags, f"baseline run {baseline_run_id}"))
+        challenger_pred = score_frame(baseline_model, holdout)
+        challenger_metrics = baseline_metrics = compute_metrics(spec.task_type, y_true, challenger_pred)
+        candidate, candidate_run_id = BASELINE, baseline_run_id
 
     champion = registry.champion(spec, client)
     champion_metrics: dict[str, float] | None = None
@@ -400,12 +437,15 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
                                               min_rows=spec.gates.min_slice_rows)
 
     classes = len(np.unique(y_true)) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None
-    report = evaluate_gates(spec, challenger_metrics, baseline_metrics, champion_metrics, slice_metrics, classes)
+    report = evaluate_gates(spec, challenger_metrics, baseline_metrics, champion_metrics, slice_metrics, classes,
+                            candidate=candidate)
     result: dict[str, Any] = {
         **report.to_dict(),
         "spec": spec.name,
         "run_id": run_id,
         "baseline_run_id": baseline_run_id,
+        "candidate_run_id": candidate_run_id,
+        "xgboost_metrics": xgboost_metrics,
         "model_name": spec.registered_model_name,
         "champion_version": str(champion.version) if champion is not None else None,
         "champion_run_id": champion.run_id if champion is not None else None,

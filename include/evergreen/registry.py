@@ -253,6 +253,7 @@ def _gate_summary(gate_report: Mapping[str, Any]) -> dict[str, Any]:
         "champion": champion_metrics.get(primary) if primary else None,
         "champion_version": gate_report.get("champion_version"),
         "beats_champion": gate_report.get("beats_champion"),
+        "candidate": gate_report.get("candidate") or "xgboost",
     }
 
 
@@ -388,6 +389,8 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         "champion_after": champion_before,
         "reasons": [],
         "below_bar": below_bar,
+        "candidate": gate_report.get("candidate") or "xgboost",
+        "candidate_run_id": gate_report.get("candidate_run_id") or run_id,
     }
     if below_bar:  # loud: the new champion fails a bar, the old one failed it worse on the same rows
         log.warning("%s run %s: %s", spec.name, run_id, "; ".join(outcome_reasons))
@@ -410,13 +413,15 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         client.set_tag(run_id, Tag.DECIDED_AT, decided.isoformat())
         return record_decision(spec, {**record, "kind": "rejected", "reasons": reasons})
 
-    run = client.get_run(run_id)
-    run_tags = run.data.tags
-    model_uri = model_uri_of(run_id, run_tags)
+    # The model registered is the candidate the gates judged: XGBoost's (the training run) or the baseline's.
+    candidate_run_id = str(gate_report.get("candidate_run_id") or run_id)
+    run_tags = client.get_run(candidate_run_id).data.tags
+    model_uri = model_uri_of(candidate_run_id, run_tags)
     summary = record["gates"]
     version_tags = {
         **{k: truncate(v) for k, v in run_tags.items() if k.startswith(Tag.PREFIX) and k not in Tag.NOT_LINEAGE},
-        Tag.RUN_ID: run_id,
+        Tag.RUN_ID: candidate_run_id,
+        Tag.CANDIDATE: str(summary["candidate"]),
         Tag.GATES_PASSED: "false" if below_bar else "true",
         Tag.PRIMARY_METRIC: str(summary["primary_metric"]),
         Tag.PRIMARY_METRIC_VALUE: str(summary["challenger"]),
@@ -426,7 +431,7 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
                                                      f"value={g.get('value')} threshold={g.get('threshold')}")
            for g in gate_report.get("gates", [])},
     }
-    version = _find_or_register(client, name, run_id, model_uri, version_tags)
+    version = _find_or_register(client, name, candidate_run_id, model_uri, version_tags)
     if champion_before == version:
         # A retried (or doubled) promotion of the champion: its decision is recorded already.
         earlier = [r for r in decision_history(spec) if r["kind"] == "promoted" and r.get("version") == version]

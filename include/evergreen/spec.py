@@ -243,6 +243,9 @@ class GatesSpec(_Model):
     # threshold (overall or min_slice_metric) or the lift over the baseline ("below the bar", recorded and
     # logged); true: those block.
     bar_blocks: bool = False
+    # The linear baseline is a candidate too: when it beats XGBoost on the holdout, it is the model judged
+    # by the gates and registered (false: XGBoost is always the candidate and must beat the baseline).
+    baseline_candidate: bool = True
 
 
 class DriftSpec(_Model):

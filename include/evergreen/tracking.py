@@ -67,6 +67,7 @@ class Tag:
     CODE_VERSION = "evergreen.code_version"
     ROLE = "evergreen.role"  # challenger | baseline
     CHALLENGER_RUN_ID = "evergreen.challenger_run_id"  # on the baseline run
+    CANDIDATE = "evergreen.candidate"  # on a model version: xgboost | baseline
     MODEL_URI = "evergreen.model_uri"
     MODEL_SHA256 = "evergreen.model_sha256"  # {artifact file: sha256} of the logged model, checked on load
     BASELINE_RUN_ID = "evergreen.baseline_run_id"
@@ -297,20 +298,36 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_model(spec: PipelineSpec, code_path: Path, booster: Any, schema: Any, example: pd.DataFrame,
-              data_digest: str, workdir: Path) -> tuple[str, dict[str, str]]:
-    """Log the served pyfunc as models from code (``code_path``, the booster as ``.ubj``, the feature schema
-    as JSON; no pickle). Returns its URI and the sha256 of every file of the logged model."""
+BOOSTER_FILE = "model.ubj"
+LINEAR_FILE = "linear_model.json"
+
+
+def log_model(spec: PipelineSpec, code_path: Path, schema: Any, example: pd.DataFrame, data_digest: str,
+              workdir: Path, *, booster: Any = None, linear: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    """Log a served pyfunc in the active run as models from code (``code_path``; the XGBoost ``booster`` as
+    ``.ubj`` or the ``linear`` baseline's parameters as JSON, and the feature schema as JSON; no pickle).
+    Returns its URI and the sha256 of every file of the logged model."""
     import mlflow
 
-    booster_path = workdir / "model.ubj"
-    booster.save_model(str(booster_path))
-    schema_path = workdir / FEATURE_SCHEMA_ARTIFACT
+    if (booster is None) == (linear is None):
+        raise ValueError("log_model needs exactly one of booster and linear")
+    model_dir = workdir / ("linear" if linear is not None else "booster")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    schema_path = model_dir / FEATURE_SCHEMA_ARTIFACT
     schema_path.write_text(json.dumps(schema.to_dict(), sort_keys=True), encoding="utf-8")
+    artifacts = {"feature_schema": str(schema_path)}
+    if linear is not None:
+        linear_path = model_dir / LINEAR_FILE
+        linear_path.write_text(json.dumps(dict(linear), sort_keys=True), encoding="utf-8")
+        artifacts["linear"] = str(linear_path)
+    else:
+        booster_path = model_dir / BOOSTER_FILE
+        booster.save_model(str(booster_path))
+        artifacts["booster"] = str(booster_path)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=str(code_path),
-        artifacts={"booster": str(booster_path), "feature_schema": str(schema_path)},
+        artifacts=artifacts,
         signature=model_signature(spec),
         input_example=example,
         pip_requirements=pip_requirements(),
@@ -320,6 +337,14 @@ def log_model(spec: PipelineSpec, code_path: Path, booster: Any, schema: Any, ex
         local = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=tmp)
         manifest = file_hashes(Path(local))
     return info.model_uri, manifest
+
+
+def model_tags(model_uri: str, manifest: Mapping[str, str]) -> dict[str, str]:
+    """The tags that let the registry find a run's model and verify it on load."""
+    manifest_json = json.dumps(dict(manifest), sort_keys=True, separators=(",", ":"))
+    if len(manifest_json) > MAX_TAG:
+        raise ValueError(f"the model's artifact manifest ({len(manifest_json)} chars) exceeds a tag")
+    return {Tag.MODEL_URI: model_uri, Tag.MODEL_SHA256: manifest_json}
 
 
 # Written by the MLflow client itself when it downloads a registered version (name and version, not
@@ -369,11 +394,12 @@ def load_verified_model(model_uri: str, manifest: Mapping[str, str]) -> Any:
 
 def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
                        params: Mapping[str, Any], streaming: bool, fitted: Any, holdout: Any,
-                       metrics: Mapping[str, float], baseline_metrics: Mapping[str, float], baseline_kind: str,
-                       profile: Mapping[str, Any], steps: Any, model_code: Path) -> dict[str, str]:
-    """One challenger run with a nested baseline run: params, metrics, datasets, plots, the holdout, the
-    reference profile and the model (``model_code``: its code file). Returns ``{run_id, baseline_run_id,
-    model_uri, experiment_id}``."""
+                       metrics: Mapping[str, float], baseline_metrics: Mapping[str, float],
+                       baseline: Mapping[str, Any], profile: Mapping[str, Any], baseline_profile: Mapping[str, Any],
+                       steps: Any, model_code: Path) -> dict[str, str]:
+    """One challenger run with a nested baseline run: params, metrics, datasets, plots, the holdout, each
+    model's reference profile and each model (``model_code``: their code file), so either can be registered.
+    Returns ``{run_id, baseline_run_id, model_uri, baseline_model_uri, experiment_id}``."""
     import mlflow
 
     experiment_id = ensure_experiment(spec.name)
@@ -397,6 +423,7 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
         "training.streaming": streaming,
     }
     feature_names = list(schema.columns)
+    example = holdout_frame[feature_names].head(5).reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{window.as_of}-challenger",
@@ -407,8 +434,12 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
                                   tags={**common_tags, Tag.ROLE: "baseline",
                                         Tag.CHALLENGER_RUN_ID: run_id}) as baseline_run:
                 baseline_run_id = baseline_run.info.run_id
-                mlflow.log_params({**window_params, "model.kind": baseline_kind})
+                mlflow.log_params({**window_params, "model.kind": baseline["estimator"]})
                 mlflow.log_metrics(dict(baseline_metrics))
+                mlflow.log_dict(dict(baseline_profile), PROFILE_ARTIFACT)
+                baseline_uri, baseline_manifest = log_model(spec, model_code, schema, example, window.data_digest,
+                                                            tmp, linear=baseline)
+                mlflow.set_tags(model_tags(baseline_uri, baseline_manifest))
 
             mlflow.log_params({
                 **window_params,
@@ -442,15 +473,10 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
             holdout_path.unlink()
             mlflow.log_dict(dict(profile), PROFILE_ARTIFACT)
 
-            example = holdout_frame[feature_names].head(5).reset_index(drop=True)
-            model_uri, manifest = log_model(spec, model_code, fitted.booster, schema, example, window.data_digest,
-                                            tmp)
-            manifest_json = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-            if len(manifest_json) > MAX_TAG:
-                raise ValueError(f"the model's artifact manifest ({len(manifest_json)} chars) exceeds a tag")
-            mlflow.set_tags({Tag.MODEL_URI: model_uri, Tag.BASELINE_RUN_ID: baseline_run_id,
-                             Tag.MODEL_SHA256: manifest_json})
+            model_uri, manifest = log_model(spec, model_code, schema, example, window.data_digest, tmp,
+                                            booster=fitted.booster)
+            mlflow.set_tags({**model_tags(model_uri, manifest), Tag.BASELINE_RUN_ID: baseline_run_id})
             steps.mark("mlflow_logging")
             mlflow.log_dict(steps.to_dict(), STEPS_ARTIFACT)
     return {"run_id": run_id, "baseline_run_id": baseline_run_id, "model_uri": model_uri,
-            "experiment_id": experiment_id}
+            "baseline_model_uri": baseline_uri, "experiment_id": experiment_id}

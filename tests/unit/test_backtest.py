@@ -122,3 +122,24 @@ def test_backtest_cli(changing_world, storage_root: Path, tmp_path: Path, capsys
     assert cli_main(["backtest", "--spec", "delivery_eta", "--start", first.isoformat(), "--end",
                      first.isoformat(), "--policies", "weekly", "--out", str(out)]) == 2
     assert "unknown policy 'weekly'" in capsys.readouterr().err
+
+
+def test_a_baseline_that_beats_xgboost_serves_in_the_replay(changing_world, storage_root: Path) -> None:
+    """A crippled XGBoost (one stump) loses to the linear baseline: the baseline is the candidate that
+    serves, in the replay as in the training DAG, and the replay says so day by day (days before the
+    world changes, where the relationship is the linear one the baseline can fit)."""
+    spec = changing_world.model_copy(update={"model": changing_world.model.model_copy(
+        update={"num_boost_round": 1, "params": {"max_depth": 1, "eta": 0.01}})})
+    first = START + dt.timedelta(days=10)
+    report = backtest.run_backtest(spec, first, first + dt.timedelta(days=2), backtest.parse_policies("every:1,gated:1"),
+                                   window_days=10)
+    for name in ("every:1", "gated:1"):
+        daily = report["policies"][name]["daily"]
+        assert [d["candidate"] for d in daily] == ["baseline"] * 3
+    every = report["policies"]["every:1"]
+    assert every["baseline_promotions"] == every["promotions"] == 3
+    # The daily score is the baseline's: a stump's near-constant predictions would be far worse.
+    stump = backtest.run_backtest(spec.model_copy(update={"gates": spec.gates.model_copy(
+        update={"baseline_candidate": False})}), first, first, backtest.parse_policies("static"), window_days=10)
+    assert stump["policies"]["static"]["daily"][0]["candidate"] == "xgboost"
+    assert report["policies"]["every:1"]["daily"][0]["score"] < 0.8 * stump["policies"]["static"]["daily"][0]["score"]

@@ -226,3 +226,40 @@ def test_promotion_outcome(failed: list[str], beats: bool | None, champion: str 
     got, reasons = promotion_outcome(report, bar_blocks=bar_blocks)
     assert got == outcome
     assert bool(reasons) == (outcome != "promote")
+
+
+@pytest.mark.parametrize(
+    ("xgb", "base", "enabled", "expected"),
+    [
+        pytest.param(0.967, 0.968, True, "baseline", id="baseline-better"),
+        pytest.param(0.968, 0.968, True, "xgboost", id="tie-keeps-xgboost"),
+        pytest.param(0.990, 0.968, True, "xgboost", id="xgboost-better"),
+        pytest.param(0.967, 0.968, False, "xgboost", id="disabled"),
+        pytest.param(float("nan"), 0.968, True, "baseline", id="xgboost-undefined"),
+    ],
+)
+def test_choose_candidate(xgb: float, base: float, enabled: bool, expected: str) -> None:
+    from evergreen.evaluation import choose_candidate
+
+    spec = spec_with_gates("fraud", baseline_candidate=enabled)
+    assert choose_candidate(spec, {"roc_auc": xgb}, {"roc_auc": base}) == expected
+
+
+def test_a_baseline_candidate_that_beats_the_champion_is_promoted() -> None:
+    """Issue 13's electricity run: XGBoost 0.967 beat champion 0.853 but lost to the baseline's 0.968, and
+    the stale champion stayed. Now the baseline is the candidate, its gates pass, and it is promoted."""
+    from evergreen.evaluation import choose_candidate, promotion_outcome
+
+    spec = spec_with_gates("fraud", absolute={}, min_slice_metric=None, max_slice_gap=None,
+                           min_lift_over_baseline=0.02)
+    xgb, base, champion = {"roc_auc": 0.967}, {"roc_auc": 0.968}, {"roc_auc": 0.853}
+    assert choose_candidate(spec, xgb, base) == "baseline"
+    report = evaluate_gates(spec, base, base, champion, {}, candidate="baseline").to_dict()
+    assert report["candidate"] == "baseline" and report["passed"] is True and report["beats_champion"] is True
+    lift = gate(evaluate_gates(spec, base, base, champion, {}, candidate="baseline"), "lift_over_baseline")
+    assert lift.status == "skipped" and lift.passed
+    assert promotion_outcome({**report, "champion_version": "3"})[0] == "promote"
+    # The same XGBoost judged alone fails the lift and is only promoted below the bar.
+    alone = evaluate_gates(spec, xgb, base, champion, {}).to_dict()
+    assert alone["failed"] == ["lift_over_baseline"]
+    assert promotion_outcome({**alone, "champion_version": "3"})[0] == "promote_below_bar"

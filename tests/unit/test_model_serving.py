@@ -102,7 +102,7 @@ def test_logged_model_serves_without_evergreen_or_airflow(storage_root: Path, ml
         "evergreen_blocked": True,
         "airflow_blocked": True,
         "modules": [],
-        "model_class": "EvergreenXGBModel",
+        "model_class": "EvergreenModel",
         "dtype": "float64",
         "shape": [300],
     }

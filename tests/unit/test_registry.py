@@ -50,12 +50,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         window = select_window(spec, days[-1])
         weak_spec = spec.model_copy(update={"model": spec.model.model_copy(
             update={"num_boost_round": 2, "params": {"max_depth": 1, "eta": 0.05}})})
+        stump_spec = spec.model_copy(update={"model": spec.model.model_copy(
+            update={"num_boost_round": 1, "params": {"max_depth": 1, "eta": 0.01}})})
         lineage = {"dag_id": "fraud_training", "reason": "scheduled"}
         yield {
             "spec": spec,
             "strong_a": train_challenger(spec, window, lineage=lineage)["run_id"],
             "strong_b": train_challenger(spec, window, lineage=lineage)["run_id"],
             "weak": train_challenger(weak_spec, window, lineage=lineage)["run_id"],
+            "stump": train_challenger(stump_spec, window, lineage=lineage)["run_id"],
         }
 
 
@@ -341,3 +344,53 @@ def test_a_better_candidate_below_the_bar_still_replaces_the_champion(env: dict[
     decision = promote_if_better(blocking, env["strong_b"], report, dry_run=False, actor="test",
                                  decided_at=T0 + dt.timedelta(days=2))
     assert decision["kind"] == "rejected" and alias(client, name, "champion") == "2"
+
+
+def test_a_baseline_that_beats_xgboost_is_the_candidate_and_serves(env: dict[str, Any]) -> None:
+    """Issue 13: "XGBoost lost to the baseline" must not mean "keep a stale champion": the baseline is a
+    registered model, judged by the gates and promoted like any candidate."""
+    import numpy as np
+    from evergreen.monitoring import load_champion_reference
+    from evergreen.registry import load_version
+    from evergreen.tracking import download_holdout
+
+    spec, client, name = env["spec"], env["client"], env["name"]
+    report = evaluate_challenger(spec, env["stump"])
+    assert report["candidate"] == "baseline"
+    baseline_run_id = client.get_run(env["stump"]).data.tags["evergreen.baseline_run_id"]
+    assert report["candidate_run_id"] == baseline_run_id
+    xgb_auc, base_auc = report["xgboost_metrics"]["roc_auc"], report["challenger_metrics"]["roc_auc"]
+    assert base_auc > xgb_auc + 0.05  # one stump against a logistic regression
+    assert base_auc == pytest.approx(client.get_run(baseline_run_id).data.metrics["roc_auc"], abs=1e-12)
+    lift = next(g for g in report["gates"] if g["name"] == "lift_over_baseline")
+    assert lift["status"] == "skipped" and report["passed"] is True
+
+    decision = promote_if_better(spec, env["stump"], report, dry_run=False, actor="test", decided_at=T0)
+    assert decision["kind"] == "promoted" and decision["candidate"] == "baseline"
+    version = client.get_model_version(name, decision["version"])
+    assert version.run_id == baseline_run_id
+    assert version.tags["evergreen.candidate"] == "baseline" and version.tags["evergreen.run_id"] == baseline_run_id
+    # It serves: loaded through its verified hashes, it scores the holdout as it was judged.
+    holdout = download_holdout(env["stump"])
+    scores = np.asarray(load_version(spec, decision["version"]).predict(holdout[list(spec.model_features)]))
+    assert 0.0 < scores.min() < scores.max() < 1.0 and len(np.unique(scores)) > 50
+    # And the drift monitor finds its own reference (its holdout scores, not XGBoost's).
+    reference = load_champion_reference(spec)
+    assert reference.version == decision["version"]
+    assert reference.metrics["roc_auc"] == pytest.approx(base_auc, abs=1e-12)
+    assert reference.profile["holdout_daily"]["metric"] == spec.primary_metric
+
+    # A strong XGBoost beats the baseline champion on its holdout and replaces it.
+    assert evaluate_and_promote(env, "strong_a", T0 + dt.timedelta(days=1))["kind"] == "promoted"
+    assert alias(client, name, "previous_champion") == decision["version"]
+
+
+def test_without_baseline_candidates_xgboost_must_beat_the_baseline(env: dict[str, Any]) -> None:
+    spec = env["spec"]
+    spec = spec.model_copy(update={"gates": spec.gates.model_copy(
+        update={"baseline_candidate": False, "min_lift_over_baseline": 0.0})})
+    report = evaluate_challenger(spec, env["stump"])
+    assert report["candidate"] == "xgboost" and report["candidate_run_id"] == env["stump"]
+    assert report["failed"] == ["lift_over_baseline"]
+    decision = promote_if_better(spec, env["stump"], report, dry_run=False, actor="test", decided_at=T0)
+    assert decision["kind"] == "rejected" and alias(env["client"], env["name"], "champion") is None

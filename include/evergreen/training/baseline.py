@@ -2,6 +2,9 @@
 
 It sees the model matrix of :func:`evergreen.training.model.prepare_features`, imputed and scaled (numeric)
 or one-hot encoded (categorical), and is fitted on a bounded, hash-based sample of the training days.
+scikit-learn fits it; what is kept, scored and served are its exported parameters (:func:`fit_baseline`,
+:func:`evergreen.training.model.predict_linear`), so the baseline is a real candidate for promotion: a
+registered model from the same code file as XGBoost's, without a pickle.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.spec import PipelineSpec, TaskType
-from evergreen.training.model import FeatureSchema
+from evergreen.training.model import FeatureSchema, predict_linear, prepare_features
 
 
 def build_baseline(spec: PipelineSpec, schema: FeatureSchema) -> Any:
@@ -51,7 +54,44 @@ def baseline_input(matrix: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     return out
 
 
-def predict_baseline(model: Any, X: pd.DataFrame, task_type: TaskType) -> np.ndarray:
-    if task_type == TaskType.BINARY_CLASSIFICATION:
-        return model.predict_proba(X)[:, 1]
-    return model.predict(X)
+def export_linear(pipeline: Any, schema: FeatureSchema) -> dict[str, Any]:
+    """The fitted pipeline's parameters as JSON-safe lists (what :func:`predict_linear` computes with)."""
+    features = pipeline.named_steps["features"]
+    estimator = pipeline.named_steps["model"]
+    numeric: list[str] = []
+    out: dict[str, Any] = {"numeric": numeric, "medians": [], "indicators": [], "mean": [], "scale": [],
+                           "categorical": []}
+    for name, transformer, columns in features.transformers_:
+        if name == "num":
+            imputer, scaler = transformer.named_steps["impute"], transformer.named_steps["scale"]
+            numeric.extend(columns)
+            # keep_empty_features imputes a column that was empty in training with 0.
+            out["medians"] = [0.0 if not np.isfinite(v) else float(v) for v in imputer.statistics_]
+            flagged = imputer.indicator_.features_ if imputer.indicator_ is not None else []
+            out["indicators"] = [columns[i] for i in flagged]
+            out["mean"] = [float(v) for v in scaler.mean_]
+            out["scale"] = [float(v) for v in scaler.scale_]
+        elif name == "cat":
+            encoder = transformer.named_steps["onehot"]
+            # A list of pairs, not a mapping: the order is the coefficients' order, whatever sorts the JSON.
+            out["categorical"] = [[c, [str(v) for v in cats]] for c, cats in zip(columns, encoder.categories_, strict=True)]
+    coef = np.asarray(estimator.coef_, dtype="float64").reshape(-1)
+    intercept = np.asarray(estimator.intercept_, dtype="float64").reshape(-1)
+    out.update(coef=[float(v) for v in coef], intercept=float(intercept[0]),
+               link="logistic" if hasattr(estimator, "predict_proba") else "identity",
+               estimator=type(estimator).__name__, columns=list(schema.columns))
+    return out
+
+
+def fit_baseline(spec: PipelineSpec, schema: FeatureSchema, sample: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
+    """Fit the linear baseline on ``sample`` and return its exported parameters."""
+    pipeline = build_baseline(spec, schema)
+    pipeline.fit(baseline_input(prepare_features(sample, schema), schema), y)
+    return export_linear(pipeline, schema)
+
+
+def predict_baseline(params: dict[str, Any], frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+    """The baseline's scores on feature rows (what the served baseline computes)."""
+    if frame.empty:
+        return np.empty(0, dtype="float64")
+    return predict_linear(params, prepare_features(frame, schema))

@@ -112,24 +112,59 @@ def prepare_features(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame
     return pd.DataFrame(out, index=frame.index)
 
 
-class EvergreenXGBModel(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper: raw feature-partition columns in, P(y=1) or regression values out."""
+def predict_linear(params: Mapping[str, Any], matrix: pd.DataFrame) -> np.ndarray:
+    """The linear baseline on a model matrix (:func:`prepare_features`), from its exported parameters:
+    impute (median, plus a missing indicator where training had gaps), standardise, one-hot encode
+    (unseen and missing values as in training), then the linear score (a probability for a logistic model).
+    numpy only, so the served baseline needs neither scikit-learn nor a pickle."""
+    blocks: list[np.ndarray] = []
+    numeric = params["numeric"]
+    if numeric:
+        values = np.column_stack([matrix[c].to_numpy(dtype="float64", na_value=np.nan) for c in numeric])
+        missing = np.isnan(values)
+        filled = np.where(missing, np.asarray(params["medians"], dtype="float64"), values)
+        indicators = missing[:, [numeric.index(c) for c in params["indicators"]]].astype("float64")
+        design = np.hstack([filled, indicators])
+        blocks.append((design - np.asarray(params["mean"], dtype="float64")) / np.asarray(params["scale"], dtype="float64"))
+    for name, categories in params["categorical"]:
+        text = matrix[name].astype("object").where(matrix[name].notna(), MISSING_CATEGORY).map(str)
+        blocks.append((text.to_numpy(dtype=object)[:, None] == np.asarray(categories, dtype=object)[None, :])
+                      .astype("float64"))
+    design = np.hstack(blocks) if blocks else np.empty((len(matrix), 0))
+    score = design @ np.asarray(params["coef"], dtype="float64") + float(params["intercept"])
+    if params["link"] == "logistic":
+        return 1.0 / (1.0 + np.exp(-score))
+    return score
+
+
+class EvergreenModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper: raw feature-partition columns in, P(y=1) or regression values out. It serves the
+    XGBoost booster (artifact ``booster``) or the linear baseline's parameters (artifact ``linear``)."""
 
     def load_context(self, context: Any) -> None:
-        import xgboost as xgb
-
-        self._booster = xgb.Booster()
-        self._booster.load_model(context.artifacts["booster"])
         with open(context.artifacts["feature_schema"], encoding="utf-8") as fh:
             self._schema = FeatureSchema.from_dict(json.load(fh))
+        self._booster: Any = None
+        self._linear: dict[str, Any] | None = None
+        if "linear" in context.artifacts:
+            with open(context.artifacts["linear"], encoding="utf-8") as fh:
+                self._linear = json.load(fh)
+        else:
+            import xgboost as xgb
+
+            self._booster = xgb.Booster()
+            self._booster.load_model(context.artifacts["booster"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        matrix = prepare_features(pd.DataFrame(model_input), self._schema)
+        if self._linear is not None:
+            return predict_linear(self._linear, matrix).astype("float64")
         import xgboost as xgb
 
-        matrix = xgboost_input(prepare_features(pd.DataFrame(model_input), self._schema), self._schema)
+        matrix = xgboost_input(matrix, self._schema)
         return self._booster.predict(xgb.DMatrix(matrix, enable_categorical=True)).astype("float64")
 
 
 # Models from code: MLflow logs this file with the model and runs it to build the served object, so the
 # artifact holds no pickle (nothing executes on load but this file, whose hash the registry checks).
-mlflow.models.set_model(EvergreenXGBModel())
+mlflow.models.set_model(EvergreenModel())

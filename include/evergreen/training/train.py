@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from evergreen import settings, tracking
-from evergreen.evaluation import compute_metrics
+from evergreen.evaluation import BASELINE, XGBOOST, compute_metrics
 from evergreen.spec import PipelineSpec, TaskType
 from evergreen.training import model
-from evergreen.training.baseline import baseline_input, build_baseline, predict_baseline
+from evergreen.training.baseline import fit_baseline, predict_baseline
 from evergreen.training.model import FeatureSchema, prepare_features, xgboost_input
 from evergreen.training.streaming import (
     StepTimer,
@@ -119,37 +119,46 @@ def predict_booster(booster: Any, schema: FeatureSchema, frame: pd.DataFrame) ->
     return np.asarray(booster.predict(xgb.DMatrix(matrix, enable_categorical=True)), dtype="float64")
 
 
-def score_holdout(spec: PipelineSpec, window: TrainingWindow, booster: Any, baseline: Any,
+def score_holdout(spec: PipelineSpec, window: TrainingWindow, booster: Any, baseline: dict[str, Any],
                   schema: FeatureSchema) -> HoldoutScores:
     """Both models' scores on the holdout days, one day at a time."""
     days = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in window.holdout_days]
     challenger, base = [], []
     for day in days:
         challenger.append(predict_booster(booster, schema, day))
-        base.append(predict_baseline(baseline, baseline_input(prepare_features(day, schema), schema), spec.task_type))
+        base.append(predict_baseline(baseline, day, schema))
     frame = pd.concat(days, ignore_index=True)
     return HoldoutScores(frame=frame, y=target_values(frame, spec), challenger=np.concatenate(challenger),
                          baseline=np.concatenate(base))
 
 
-def reference_profile(spec: PipelineSpec, window: TrainingWindow, fitted: FittedBooster,
-                      holdout: HoldoutScores) -> dict[str, Any]:
-    """The drift monitor's reference: features from (a bounded sample of) the training days, scores from
-    the holdout, because live scores are out-of-sample too (in-sample scores are sharper and would fake
-    drift). The scores part depends on the scores only, so an empty frame stands in for the holdout."""
+def reference_profile(spec: PipelineSpec, window: TrainingWindow, fitted: FittedBooster) -> dict[str, Any]:
+    """The drift monitor's reference for the features, from (a bounded sample of) the training days; each
+    model adds its own scores part (:func:`with_scores`)."""
     from evergreen.drift.profile import build_reference_profile
 
     profile = build_reference_profile(fitted.sample, spec, scores=None, seed=spec.model.seed)
-    profile["scores"] = build_reference_profile(holdout.frame.iloc[:0], spec, scores=holdout.challenger,
-                                                seed=spec.model.seed)["scores"]
-    profile["scores_source"] = "holdout"
     profile["sampled_from_rows"] = fitted.rows_train
     profile["trained_through"] = window.as_of.isoformat()  # the monitor judges only later days
-    profile["holdout_daily"] = holdout_daily_metric(spec, holdout)
     return profile
 
 
-def holdout_daily_metric(spec: PipelineSpec, holdout: HoldoutScores) -> dict[str, Any]:
+def with_scores(spec: PipelineSpec, features_profile: Mapping[str, Any], holdout: HoldoutScores,
+                scores: np.ndarray) -> dict[str, Any]:
+    """A model's reference profile: the features part plus its scores on the holdout, because live scores
+    are out-of-sample too (in-sample scores are sharper and would fake drift), and its daily holdout
+    metric. The scores part depends on the scores only, so an empty frame stands in for the holdout."""
+    from evergreen.drift.profile import build_reference_profile
+
+    profile = dict(features_profile)
+    profile["scores"] = build_reference_profile(holdout.frame.iloc[:0], spec, scores=scores,
+                                                seed=spec.model.seed)["scores"]
+    profile["scores_source"] = "holdout"
+    profile["holdout_daily"] = holdout_daily_metric(spec, holdout, scores)
+    return profile
+
+
+def holdout_daily_metric(spec: PipelineSpec, holdout: HoldoutScores, scores: np.ndarray) -> dict[str, Any]:
     """The primary metric on each holdout day: the spread a live day's error is judged against."""
     metric = spec.primary_metric
     local = pd.to_datetime(holdout.frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
@@ -157,7 +166,7 @@ def holdout_daily_metric(spec: PipelineSpec, holdout: HoldoutScores) -> dict[str
     values = []
     for day in sorted(set(days)):
         mask = days == day
-        value = compute_metrics(spec.task_type, holdout.y[mask], holdout.challenger[mask]).get(metric)
+        value = compute_metrics(spec.task_type, holdout.y[mask], scores[mask]).get(metric)
         values.append(value if value is not None and np.isfinite(value) else None)
     return {"metric": metric, "values": values}
 
@@ -169,17 +178,56 @@ class Challenger:
     window: TrainingWindow
     params: dict[str, Any]
     fitted: FittedBooster
-    baseline: Any
+    baseline: dict[str, Any]  # the linear baseline's exported parameters
     holdout: HoldoutScores
     metrics: dict[str, float]
     baseline_metrics: dict[str, float]
     profile: dict[str, Any]
+    baseline_profile: dict[str, Any]
     steps: StepTimer
+
+    def candidate(self, kind: str) -> Candidate:
+        """One of the two models of this training as a candidate for promotion."""
+        if kind not in (XGBOOST, BASELINE):
+            raise ValueError(f"unknown candidate {kind!r}")
+        return Candidate(kind=kind, challenger=self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The XGBoost model or the baseline of one training: what the gates judge and what would serve."""
+
+    kind: str  # XGBOOST | BASELINE
+    challenger: Challenger
+
+    @property
+    def window(self) -> TrainingWindow:
+        return self.challenger.window
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.challenger.baseline_metrics if self.kind == BASELINE else self.challenger.metrics
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self.challenger.baseline_profile if self.kind == BASELINE else self.challenger.profile
+
+    @property
+    def holdout_scores(self) -> np.ndarray:
+        holdout = self.challenger.holdout
+        return holdout.baseline if self.kind == BASELINE else holdout.challenger
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Scores on feature rows, as the registered model computes them."""
+        fitted = self.challenger.fitted
+        if self.kind == BASELINE:
+            return predict_baseline(self.challenger.baseline, frame, fitted.schema)
+        return predict_booster(fitted.booster, fitted.schema, frame)
 
 
 def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: bool = True) -> Challenger:
     """The XGBoost fit (early-stopped on the validation days), the linear baseline, both scored on the
-    holdout days, and the drift reference profile. No MLflow: the training DAG logs the result
+    holdout days, and each one's drift reference profile. No MLflow: the training DAG logs the result
     (:func:`train_challenger`), the backtest uses it as it is."""
     if window.spec != spec.name:
         raise ValueError(f"window is for spec {window.spec!r}, not {spec.name!r}")
@@ -187,18 +235,18 @@ def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: boo
     steps = StepTimer()
     fitted = fit_booster(spec, window, params, streaming=streaming, steps=steps)
 
-    baseline = build_baseline(spec, fitted.schema)
-    baseline.fit(baseline_input(prepare_features(fitted.sample, fitted.schema), fitted.schema),
-                 target_values(fitted.sample, spec))
+    baseline = fit_baseline(spec, fitted.schema, fitted.sample, target_values(fitted.sample, spec))
     steps.mark("baseline", rows=len(fitted.sample))
 
     holdout = score_holdout(spec, window, fitted.booster, baseline, fitted.schema)
     metrics = compute_metrics(spec.task_type, holdout.y, holdout.challenger)
     baseline_metrics = compute_metrics(spec.task_type, holdout.y, holdout.baseline)
     steps.mark("holdout", rows=len(holdout.frame))
+    features_profile = reference_profile(spec, window, fitted)
     return Challenger(window=window, params=params, fitted=fitted, baseline=baseline, holdout=holdout,
                       metrics=metrics, baseline_metrics=baseline_metrics,
-                      profile=reference_profile(spec, window, fitted, holdout), steps=steps)
+                      profile=with_scores(spec, features_profile, holdout, holdout.challenger),
+                      baseline_profile=with_scores(spec, features_profile, holdout, holdout.baseline), steps=steps)
 
 
 def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
@@ -216,8 +264,8 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
     logged = tracking.log_challenger_run(
         spec, window, lineage=lineage, params=trained.params, streaming=streaming, fitted=trained.fitted,
         holdout=trained.holdout, metrics=trained.metrics, baseline_metrics=trained.baseline_metrics,
-        baseline_kind=type(trained.baseline[-1]).__name__, profile=trained.profile, steps=trained.steps,
-        model_code=Path(model.__file__),
+        baseline=trained.baseline, profile=trained.profile, baseline_profile=trained.baseline_profile,
+        steps=trained.steps, model_code=Path(model.__file__),
     )
     return {
         **logged,
