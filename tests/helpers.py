@@ -298,3 +298,59 @@ def land_csv(frame: pd.DataFrame, key: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return path
+
+
+# ------------------------------------------------------------------------------------ alert receivers
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Generator[tuple[int, list[dict[str, Any]]], None, None]:
+    """An HTTP server on loopback that records the JSON body of every POST; yields (port, bodies)."""
+    import http.server
+    import threading
+
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            length = int(self.headers.get("Content-Length") or 0)
+            bodies.append({"path": self.path, "authorization": self.headers.get("Authorization"),
+                           **json.loads(self.rfile.read(length))})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def smtp_receiver() -> Generator[tuple[int, list[Any]], None, None]:
+    """An SMTP server on loopback (aiosmtpd) that keeps every message; yields (port, messages)."""
+    import email
+    import email.policy
+
+    from aiosmtpd.controller import Controller
+
+    messages: list[Any] = []
+
+    class Keep:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+            messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, messages
+    finally:
+        controller.stop()

@@ -18,8 +18,11 @@ from airflow.sdk import (
     DAG,
     Asset,
     AssetOrTimeSchedule,
+    AsyncCallback,
     CronDataIntervalTimetable,
     CronTriggerTimetable,
+    DeadlineAlert,
+    DeadlineReference,
     Param,
     PokeReturnValue,
     dag,
@@ -81,8 +84,9 @@ def resolve_partition_date(
     raise ValueError("cannot derive a partition date: no ds param, logical date, data interval or run_after")
 
 
-def partition_date_from_context(spec: PipelineSpec, param: str = "ds") -> dt.date:
-    context = get_current_context()
+def partition_date_from_context(spec: PipelineSpec, param: str = "ds", context: Any = None) -> dt.date:
+    """The run's day (:func:`resolve_partition_date`) from the current task's context, or ``context``."""
+    context = context if context is not None else get_current_context()
     dag_run = context.get("dag_run")
     return resolve_partition_date(
         (context.get("params") or {}).get(param) or None,
@@ -115,19 +119,45 @@ def _start_date(spec: PipelineSpec) -> pendulum.DateTime:
 
 def _dag_defaults(spec: PipelineSpec, kind_tag: str, *, timeout_minutes: int, spec_tags: bool = True
                   ) -> dict[str, Any]:
-    """What every Evergreen DAG shares: start date, no catch-up, task retries and timeout, tags."""
+    """What every Evergreen DAG shares: start date, no catch-up, task retries and timeout, tags, and the
+    failure alert when the spec routes alerts."""
+    default_args: dict[str, Any] = {
+        "owner": spec.owner,
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": dt.timedelta(minutes=timeout_minutes),
+    }
+    if spec.alerts.routes:
+        from evergreen.notifiers import EvergreenNotifier
+
+        default_args["on_failure_callback"] = [EvergreenNotifier(spec.name)]
     return {
         "start_date": _start_date(spec),
         "catchup": False,
-        "default_args": {
-            "owner": spec.owner,
-            "retries": 2,
-            "retry_delay": dt.timedelta(seconds=30),
-            "retry_exponential_backoff": True,
-            "execution_timeout": dt.timedelta(minutes=timeout_minutes),
-        },
+        "default_args": default_args,
         "tags": sorted({"evergreen", kind_tag, spec.name, *(spec.tags if spec_tags else [])}),
     }
+
+
+def _data_late_deadline(spec: PipelineSpec) -> DeadlineAlert | None:
+    """``data_late``: the ETL run has not finished ``alerts.data_late_minutes`` after it was queued."""
+    minutes = spec.alerts.data_late_minutes
+    if minutes is None or not spec.alerts.routes:
+        return None
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=dt.timedelta(minutes=minutes),
+                         callback=AsyncCallback("evergreen.notifiers.data_late",
+                                                kwargs={"spec_name": spec.name, "deadline": f"queued + {minutes:g} min"}))
+
+
+def _notify(spec: PipelineSpec, build: Any) -> None:
+    """Send the alert ``build(link)`` returns, when the spec routes alerts at all (no import otherwise)."""
+    if not spec.alerts.routes:
+        return
+    from evergreen import notifiers
+
+    ti = get_current_context()["ti"]
+    notifiers.notify(spec, build(notifiers.ui_link(ti.dag_id, ti.run_id)))
 
 
 def build_feature_etl_dag(spec: PipelineSpec) -> DAG:
@@ -158,6 +188,7 @@ Reruns rewrite the day byte-identically. Backfill: `airflow backfill create --da
 """,
         schedule=CronDataIntervalTimetable(spec.schedule.cron, timezone=spec.schedule.timezone),
         max_active_runs=4,
+        deadline=_data_late_deadline(spec),
         **_dag_defaults(spec, "etl", timeout_minutes=30),
         params={
             "ds": Param(
@@ -325,6 +356,9 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
                 decision["kind"], decision.get("version"), decision.get("champion_before"),
                 decision.get("champion_after"), "; ".join(decision.get("reasons") or []),
             )
+            from evergreen import alerts
+
+            _notify(spec, lambda link: alerts.decision_alert(spec, decision, link))
             return decision
 
         trained = train_challenger(assemble_training_set())
@@ -365,7 +399,7 @@ appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --s
             ti = context["ti"]
             params = context["params"]
             try:
-                return registry.rollback(
+                decision = registry.rollback(
                     spec,
                     target_version=params.get("target_version") or None,
                     actor=f"airflow:{ti.dag_id}/{ti.run_id}",
@@ -374,6 +408,10 @@ appended to `models/{spec.name}/decisions/`. The same as `evergreen rollback --s
                 )
             except RegistryError as exc:
                 raise AirflowFailException(str(exc)) from exc
+            from evergreen import alerts
+
+            _notify(spec, lambda link: alerts.decision_alert(spec, decision, link))
+            return decision
 
         rollback_champion()
 
@@ -447,6 +485,11 @@ Trigger with `start` / `end` to report a stretch of history in one run.
                 "drifted": [r["ds"] for r in reports if r["drift_detected"]],
             }
             get_current_context()["outlet_events"][reports_asset].extra = summary
+            from evergreen import alerts
+
+            for report in reports:
+                if report["drift_detected"]:
+                    _notify(spec, lambda link, report=report: alerts.drift_alert(spec, report, link))
             return summary
 
         announce_drift_reports(monitor_partitions(find_unreported_partitions()))
@@ -492,10 +535,16 @@ in `models/{spec.name}/drift_triggers/`:
 
         @task(multiple_outputs=False, retries=0)
         def decide_retrain() -> dict[str, Any]:
-            from evergreen import monitoring
+            from evergreen import alerts, monitoring, registry
 
             dag_run = get_current_context()["dag_run"]
-            return monitoring.decide_retrain(spec, now=dag_run.run_after)
+            decided = monitoring.decide_retrain(spec, now=dag_run.run_after)
+            if decided["trigger"] is not None:
+                _notify(spec, lambda link: alerts.trigger_alert(spec, decided["trigger"], link))
+            if spec.alerts.routes:
+                _notify(spec, lambda link: alerts.stale_champion_alert(
+                    spec, decisions=registry.decision_history(spec), reports=monitoring.all_reports(spec), link=link))
+            return decided
 
         @task.short_circuit(retries=0)
         def retrain_needed(decided: dict[str, Any]) -> bool:

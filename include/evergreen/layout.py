@@ -11,6 +11,7 @@
     models/<spec>/decisions/<run id>/gates.json                           the gate report of a candidate
     models/<spec>/drift_triggers/<ds>-<report sha[:12]>.json              the retrain trigger ledger
     models/<spec>/registry.lock                                           held while aliases change
+    models/<spec>/alerts/<route>/<event>/<partition>.json                 each alert, sent once per route
 
 Pure string building: no I/O, no Airflow. ``ds`` is always a ``datetime.date``.
 """
@@ -82,6 +83,11 @@ def gate_report(spec_name: str, run_id: str) -> str:
 def registry_lock(spec_name: str) -> str:
     """Held while a promotion or rollback changes the registry aliases (see ``registry.registry_lock``)."""
     return f"{MODELS}/{spec_name}/registry.lock"
+
+
+def alerts(spec_name: str) -> str:
+    """The sent-alert ledger (one file per route, event and partition: the dedup record)."""
+    return f"{MODELS}/{spec_name}/alerts"
 
 
 def trigger_ledger(spec_name: str) -> str:

@@ -272,6 +272,40 @@ class DriftSpec(_Model):
     monitor_cron: str = "0 6 * * *"
 
 
+ALERT_EVENTS = ("task_failed", "data_quality_failed", "data_late", "drift_detected", "retrain_triggered",
+                "promoted", "promoted_below_bar", "registered", "rejected", "rolled_back", "champion_stale")
+
+
+class AlertRoute(_Model):
+    """Where some events go: an Airflow connection (the secret lives there, never in a spec).
+
+    ``webhook``: an HTTP connection (``host`` with or without ``http(s)://``, ``port``, ``schema`` as the
+    scheme, ``extra.endpoint`` the path, ``extra.headers``; a password is sent as a bearer token), each
+    alert POSTed as JSON. ``email``: an SMTP connection (Airflow's SMTP provider) and the ``to`` list."""
+
+    channel: Literal["webhook", "email"]
+    conn_id: str = Field(min_length=1)
+    events: list[Literal[ALERT_EVENTS]] = Field(default_factory=lambda: list(ALERT_EVENTS))  # type: ignore[valid-type]
+    to: list[str] = Field(default_factory=list)
+    from_email: str | None = None
+
+    @model_validator(mode="after")
+    def _email_needs_recipients(self) -> AlertRoute:
+        if self.channel == "email" and not self.to:
+            raise ValueError("an email alert route needs `to` (a list of addresses)")
+        return self
+
+
+class AlertsSpec(_Model):
+    """Alert routes and the two alerts that watch for something *not* happening."""
+
+    routes: list[AlertRoute] = Field(default_factory=list)
+    # champion_stale: no promotion for this many days while the latest drift reports keep saying drift.
+    stale_champion_days: int = Field(default=14, ge=1)
+    # data_late: an Airflow deadline on the ETL run, this long after its data interval ends.
+    data_late_minutes: float | None = Field(default=None, gt=0)
+
+
 class SimulationSpec(_Model):
     """How ``evergreen simulate`` lands demo data for this spec."""
 
@@ -301,6 +335,7 @@ class PipelineSpec(_Model):
     model: ModelSpec = ModelSpec()
     gates: GatesSpec = GatesSpec()
     drift: DriftSpec = DriftSpec()
+    alerts: AlertsSpec = AlertsSpec()
     simulation: SimulationSpec | None = None
     tags: list[str] = Field(default_factory=list)
 
