@@ -354,3 +354,54 @@ def smtp_receiver() -> Generator[tuple[int, list[Any]], None, None]:
         yield port, messages
     finally:
         controller.stop()
+
+
+# ------------------------------------------------------------------------------------------ late labels
+
+LABELS_PATH = "raw/{spec}_labels/ds={{ds}}/labels.parquet"
+
+
+def late_label_spec(name: str = "fraud", *, max_delay_days: int = 3, **window: int) -> PipelineSpec:
+    """:func:`small_spec` whose labels arrive on their own, up to ``max_delay_days`` after the day."""
+    from evergreen.spec import LabelsSpec, SourceSpec
+
+    spec = small_spec(name, **window)
+    labels = LabelsSpec(source=SourceSpec(kind="daily_files", path=LABELS_PATH.format(spec=spec.name), format="parquet"),
+                        max_delay_days=max_delay_days)
+    return spec.model_copy(update={"labels": labels})
+
+
+def label_delays(rows: int, max_delay_days: int) -> np.ndarray:
+    """Days after the prediction day each row's label arrives: 0..max_delay_days, and 1 in 10 arriving a
+    day too late."""
+    delays = np.arange(rows) % (max_delay_days + 1)
+    delays[::10] = max_delay_days + 1
+    return delays
+
+
+def publish_late_label_days(spec: PipelineSpec, start: dt.date, n: int, *, rows: int = 400, seed: int = 0,
+                            signal: float = 1.0) -> dict[dt.date, pd.DataFrame]:
+    """Feature partitions without labels and label files by arrival day (see :func:`label_delays`); the
+    full feature days (with their true labels) are returned, by day."""
+    key, target = spec.entity_keys[0], spec.target.name
+    by_arrival: dict[dt.date, list[pd.DataFrame]] = {}
+    days = {}
+    for i in range(n):
+        ds = start + dt.timedelta(days=i)
+        frame = make_feature_day(spec, ds, rows, seed=seed, signal=signal)
+        days[ds] = frame
+        publish_day(spec, ds, frame.assign(**{target: np.full(rows, np.nan)}))
+        delays = label_delays(rows, spec.labels.max_delay_days)
+        for delay in sorted(set(delays.tolist())):
+            part = frame.loc[delays == delay, [key, target]]
+            by_arrival.setdefault(ds + dt.timedelta(days=int(delay)), []).append(part)
+    for arrived, parts in by_arrival.items():
+        write_label_file(spec, arrived, pd.concat(parts, ignore_index=True))
+    return days
+
+
+def write_label_file(spec: PipelineSpec, arrived: dt.date, frame: pd.DataFrame) -> Path:
+    path = Path(storage.at(spec.labels.source.path.format(ds=arrived.isoformat())).path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return path

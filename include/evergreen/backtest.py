@@ -93,8 +93,9 @@ def daily_metric(spec: PipelineSpec) -> tuple[str, str]:
 
 @dataclass
 class _Day:
-    frame: pd.DataFrame  # every row (drift), time features added
+    frame: pd.DataFrame  # every row (drift), time features added, labels as they eventually arrived
     labelled: np.ndarray  # mask of rows with a label
+    decision_labels: pd.Series  # the labels known on the day itself (what the drift verdict may use)
 
 
 @dataclass
@@ -138,9 +139,20 @@ class _Replay:
 
     def day(self, ds: dt.date) -> _Day:
         if ds not in self.days:
-            frame = add_time_features(read_features(self.spec, ds), self.spec, overwrite=False)
-            target = pd.to_numeric(frame[self.spec.target.name], errors="coerce")
-            self.days[ds] = _Day(frame=frame, labelled=target.notna().to_numpy())
+            spec = self.spec
+            frame = add_time_features(read_features(spec, ds), spec, overwrite=False)
+            known = None
+            if spec.labels is not None:
+                # Late labels: the day is scored on its labels as they eventually arrived (within the delay),
+                # but the drift verdict on day D sees only those that had arrived by D.
+                from evergreen.outcomes import label_book
+
+                realized = label_book(spec, ds + dt.timedelta(days=spec.labels.max_delay_days), since=ds)
+                known = label_book(spec, ds, since=ds).attach(frame, ds)[0][spec.target.name]
+                frame = realized.attach(frame, ds)[0]
+            target = pd.to_numeric(frame[spec.target.name], errors="coerce")
+            self.days[ds] = _Day(frame=frame, labelled=target.notna().to_numpy(),
+                                 decision_labels=frame[spec.target.name] if known is None else known)
         return self.days[ds]
 
     def predictions(self, model: Candidate, ds: dt.date) -> tuple[np.ndarray, float]:
@@ -157,7 +169,7 @@ class _Replay:
         if key not in self.verdicts:
             day = self.day(ds)
             report = drift_report(self.spec, model.profile, day.frame, champion_version=model.window.as_of.isoformat(),
-                                  scores=scores, labels=day.frame[self.spec.target.name],
+                                  scores=scores, labels=day.decision_labels,
                                   champion_metric=model.metrics, ds=ds)
             self.verdicts[key] = {"drift_detected": report["drift_detected"], "reasons": report["reasons"]}
         return self.verdicts[key]
@@ -349,46 +361,18 @@ def publish_report(spec: PipelineSpec, report: Mapping[str, Any], *, log_to_mlfl
     return out
 
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
-
-
 def render_html(report: Mapping[str, Any]) -> str:
     """One self-contained page: the daily metric of every policy on one chart (retrains marked) and the
     summary table. Plain SVG, no script."""
+    from evergreen.charts import line_chart
+
     policies = report["policies"]
     days = [d["ds"] for d in next(iter(policies.values()))["daily"]]
-    values = [d["score"] for p in policies.values() for d in p["daily"] if d["score"] is not None]
-    width, height, pad = 960, 360, 50
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
-
-    def x(i: int) -> float:
-        return pad + (width - 2 * pad) * (i / max(1, len(days) - 1))
-
-    def y(v: float) -> float:
-        return height - pad - (height - 2 * pad) * ((v - lo) / (hi - lo))
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{pad}" y="20" font-size="13">{html.escape(report["metric"])} per day '
-             f'({"lower" if report["direction"] == "min" else "higher"} is better)</text>',
-             f'<text x="5" y="{y(hi) + 4:.1f}" font-size="11">{hi:.4g}</text>',
-             f'<text x="5" y="{y(lo) + 4:.1f}" font-size="11">{lo:.4g}</text>',
-             f'<text x="{pad}" y="{height - 15}" font-size="11">{html.escape(days[0])}</text>',
-             f'<text x="{width - pad - 70}" y="{height - 15}" font-size="11">{html.escape(days[-1])}</text>']
-    for k, (name, policy) in enumerate(policies.items()):
-        color = _COLORS[k % len(_COLORS)]
-        points = [(x(i), y(d["score"])) for i, d in enumerate(policy["daily"]) if d["score"] is not None]
-        if points:
-            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
-        for i, d in enumerate(policy["daily"]):
-            if d["promoted"] and d["score"] is not None:
-                parts.append(f'<circle cx="{x(i):.1f}" cy="{y(d["score"]):.1f}" r="3" fill="{color}">'
-                             f'<title>{html.escape(name)}: new model after {html.escape(d["ds"])}</title></circle>')
-        parts.append(f'<text x="{width - pad - 150}" y="{40 + 15 * k}" font-size="12" fill="{color}">'
-                     f'{html.escape(name)}</text>')
-    parts.append("</svg>")
+    chart = line_chart(
+        days, {name: [d["score"] for d in p["daily"]] for name, p in policies.items()},
+        title=f"{report['metric']} per day ({'lower' if report['direction'] == 'min' else 'higher'} is better)",
+        markers={name: [d["promoted"] for d in p["daily"]] for name, p in policies.items()},
+        marker_text="new model after")
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{_fmt(p['score'])}</td><td>{_fmt(p['primary_score'])}</td>"
         f"<td>{p['retrains']}</td><td>{p['promotions']}</td><td>{p['alarms']} ({p['alarm_share']:.0%})</td>"
@@ -400,7 +384,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{report['days']} days, {report['fits']} fits "
             f"({report['fit_seconds']:.1f} s), window {report['window_days']} days. Dots: a new model serves "
-            f"from the next day.</p>{''.join(parts)}"
+            f"from the next day.</p>{chart}"
             f"<table><tr><th>policy</th><th>{html.escape(report['metric'])}</th>"
             f"<th>{html.escape(report['primary_metric'])}</th><th>retrains</th><th>promotions</th>"
             f"<th>alarm days</th><th>compute s</th></tr>{rows}</table></body></html>\n")

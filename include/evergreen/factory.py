@@ -624,6 +624,71 @@ experiment `{spec.name}-backtests`. The same as `evergreen backtest --spec {spec
     return backtest()
 
 
+def outcomes_asset(spec: PipelineSpec) -> Asset:
+    return Asset(name=f"outcomes/{spec.name}", uri=f"evergreen://{spec.name}/outcomes", group="evergreen")
+
+
+def build_outcomes_dag(spec: PipelineSpec) -> DAG | None:
+    """``<spec>_outcomes`` (specs with ``labels:``): late labels in, joined to the predictions, realized
+    performance out; daily and whenever the drift monitor has written new predictions."""
+    if spec.labels is None:
+        return None
+    labels = spec.labels
+    outcomes = outcomes_asset(spec)
+
+    @dag(
+        dag_id=spec.dag_id("outcomes"),
+        description=f"Late labels joined to {spec.name}'s predictions; realized performance",
+        doc_md=f"""
+### Outcomes of `{spec.name}`
+
+Labels arrive on their own, one file per arrival day at `{labels.source.path}`, up to {labels.max_delay_days}
+days after the prediction day. Each run (day `ds`):
+
+1. `ingest_labels`: validates and publishes the label files of arrival days `ds - {labels.max_delay_days}` .. `ds`
+   to `labels/{spec.name}/ds=...` (bad files fail the run without retry, quarantined with the reason);
+2. `join_outcomes`: joins the labels known as of `ds` to the stored predictions (champion and shadow
+   challenger) of every day still inside the delay window, into `outcomes/{spec.name}/ds=...`, and rewrites
+   the realized-performance report `reports/performance/{spec.name}/report.html`; emits `outcomes/{spec.name}`.
+
+The rule: the first label to arrive for a key wins; later identical ones are duplicates, later different ones
+contradictory (both counted, ignored); a label arriving more than {labels.max_delay_days} days after its
+prediction day is late (counted, never used). Training as of a day sees only the labels arrived by then.
+""",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(spec.drift.monitor_cron, timezone=spec.schedule.timezone),
+            assets=[drift_reports_asset(spec)],
+        ),
+        max_active_runs=1,
+        **_dag_defaults(spec, "outcomes", timeout_minutes=30),
+        params={
+            "ds": Param(None, type=["null", "string"], format="date", pattern=DATE_PATTERN, title="Labels as of",
+                        description="Use the labels arrived by this day (YYYY-MM-DD). Empty: the run's date."),
+        },
+    )
+    def outcomes_dag() -> None:
+        @task(multiple_outputs=False, retries=2)
+        def ingest_labels() -> list[dict[str, Any]]:
+            from evergreen import outcomes as oc
+
+            with data_errors_fail_fast(spec):
+                return oc.ingest_labels(spec, partition_date_from_context(spec))
+
+        @task(multiple_outputs=False, outlets=[outcomes])
+        def join_outcomes(ingested: list[dict[str, Any]]) -> dict[str, Any]:
+            from evergreen import outcomes as oc
+
+            with data_errors_fail_fast(spec):
+                result = oc.run_outcomes(spec, partition_date_from_context(spec), ingest=False)
+            get_current_context()["outlet_events"][outcomes].extra = {
+                "as_of": result["as_of"], "days": [o["ds"] for o in result["outcomes"]], "report": result["report"]}
+            return {**result, "labels": ingested}
+
+        join_outcomes(ingest_labels())
+
+    return outcomes_dag()
+
+
 BUILDERS = {
     "feature_etl": build_feature_etl_dag,
     "training": build_training_dag,
@@ -631,6 +696,7 @@ BUILDERS = {
     "drift_monitor": build_drift_monitor_dag,
     "drift_sensor": build_drift_sensor_dag,
     "backtest": build_backtest_dag,
+    "outcomes": build_outcomes_dag,
 }
 
 
@@ -647,5 +713,6 @@ def build_dags(specs: dict[str, PipelineSpec] | None = None) -> dict[str, DAG]:
         for kind, builder in BUILDERS.items():
             if wanted is None or wanted == spec.dag_id(kind):
                 built = builder(spec)
-                dags[built.dag_id] = built
+                if built is not None:  # a DAG kind that does not apply to this spec (outcomes without labels)
+                    dags[built.dag_id] = built
     return dags

@@ -5,6 +5,9 @@
     features/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json    validated feature partitions
     quarantine/<spec>/ds=YYYY-MM-DD/rows.parquet | raw/ + validation.json rejected raw data and its report
     predictions/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json batch scores (champion, shadow)
+    labels/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json      labels by arrival day (late labels)
+    outcomes/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json    predictions joined to their labels
+    reports/performance/<spec>/report.json + report.html                  realized performance per day and model
     reports/drift/<spec>/ds=YYYY-MM-DD/report.json + report.html          one drift report per partition
     reports/backtest/<spec>/<start>_<end>/backtest.json + backtest.html    a backtest of the DAG
     models/<spec>/decisions/<UTC time>-<kind>-<id>.json                   promotion / rollback decisions
@@ -23,6 +26,9 @@ import datetime as dt
 FEATURES = "features"
 QUARANTINE = "quarantine"
 PREDICTIONS = "predictions"
+LABELS = "labels"
+OUTCOMES = "outcomes"
+PERFORMANCE_REPORTS = "reports/performance"
 DRIFT_REPORTS = "reports/drift"
 BACKTESTS = "reports/backtest"
 MODELS = "models"
@@ -65,6 +71,20 @@ def drift_report(spec_name: str, ds: dt.date) -> str:
 
 def drift_report_html(spec_name: str, ds: dt.date) -> str:
     return f"{partition(DRIFT_REPORTS, spec_name, ds)}/{REPORT_HTML}"
+
+
+def performance_report(spec_name: str) -> str:
+    """The realized-performance report (JSON; the HTML page sits beside it)."""
+    return f"{PERFORMANCE_REPORTS}/{spec_name}/{REPORT_JSON}"
+
+
+def performance_report_html(spec_name: str) -> str:
+    return f"{PERFORMANCE_REPORTS}/{spec_name}/{REPORT_HTML}"
+
+
+def label_quarantine(spec_name: str, ds: dt.date) -> str:
+    """Rejected label files of an arrival day and why."""
+    return f"{QUARANTINE}/{spec_name}/labels/{partition_key(ds)}"
 
 
 def backtest_dir(spec_name: str, start: dt.date, end: dt.date) -> str:

@@ -306,6 +306,28 @@ class AlertsSpec(_Model):
     data_late_minutes: float | None = Field(default=None, gt=0)
 
 
+class LabelsSpec(_Model):
+    """Labels that arrive later than the features, from their own source (chargebacks, deliveries,
+    tomorrow's weather). ``source`` holds one file (or glob) per *arrival* day (``{ds}`` in its path),
+    each row a key and a label; a missing file is a day on which no labels arrived. ``keys``: the entity
+    keys the labels join on (default: all of ``entity_keys``); ``column``: the label column (default: the
+    target's name, read with the target's ``positive_label`` mapping); ``event_time``: a timestamp column
+    naming the event's day, for keys that repeat across days. A label counts for a prediction day only if
+    it arrived within ``max_delay_days`` of it; training as of day A sees the labels arrived by A."""
+
+    source: SourceSpec
+    keys: list[ColumnName] | None = None
+    column: ColumnName | None = None
+    event_time: ColumnName | None = None
+    max_delay_days: int = Field(default=7, ge=0, le=366)
+
+    @model_validator(mode="after")
+    def _daily(self) -> LabelsSpec:
+        if self.source.kind != "daily_files":
+            raise ValueError("labels.source must be daily_files: one file (or glob) per arrival day, '{ds}' in its path")
+        return self
+
+
 class SimulationSpec(_Model):
     """How ``evergreen simulate`` lands demo data for this spec."""
 
@@ -335,6 +357,7 @@ class PipelineSpec(_Model):
     model: ModelSpec = ModelSpec()
     gates: GatesSpec = GatesSpec()
     drift: DriftSpec = DriftSpec()
+    labels: LabelsSpec | None = None
     alerts: AlertsSpec = AlertsSpec()
     simulation: SimulationSpec | None = None
     tags: list[str] = Field(default_factory=list)
@@ -373,7 +396,29 @@ class PipelineSpec(_Model):
         unknown = sorted(set(self.drift.key_features) - feature_names)
         if unknown:
             raise ValueError(f"drift.key_features are not features: {unknown}")
+        if self.labels is not None:
+            if self.derive_row_key:
+                raise ValueError("labels from a separate source join on entity keys: give entity_keys")
+            stray = sorted(set(self.label_keys) - set(self.entity_keys))
+            if stray:
+                raise ValueError(f"labels.keys must be entity keys, not {stray}")
         return self
+
+    @property
+    def label_keys(self) -> list[str]:
+        """The keys a separate label source joins on."""
+        if self.labels is None:
+            return []
+        return list(self.labels.keys or self.entity_keys)
+
+    @property
+    def labels_may_be_missing(self) -> bool:
+        """Rows without a label exist (``target.allow_missing``, or labels not arrived yet)."""
+        return self.target.allow_missing or self.labels is not None
+
+    @property
+    def label_column(self) -> str:
+        return (self.labels.column if self.labels is not None else None) or self.target.name
 
     @property
     def registered_model_name(self) -> str:
@@ -394,7 +439,8 @@ class PipelineSpec(_Model):
     @property
     def raw_columns(self) -> list[str]:
         """Every column a raw partition carries once read (the derived row key and assembled timestamp included)."""
-        return [*self.entity_keys, self.timestamp_column, *(f.name for f in self.features), self.target.name]
+        target = [] if self.labels is not None else [self.target.name]  # labels arrive on their own
+        return [*self.entity_keys, self.timestamp_column, *(f.name for f in self.features), *target]
 
     @property
     def source_columns(self) -> set[str]:
@@ -402,8 +448,8 @@ class PipelineSpec(_Model):
         keys = [] if self.derive_row_key else self.entity_keys
         parts = list((self.timestamp_parts or {}).values())
         timestamp = [] if self.timestamp_parts else [self.timestamp_column]
-        return {*keys, *timestamp, *parts, *(f.name for f in self.features), self.target.name,
-                *self.etl.ignore_columns}
+        target = [] if self.labels is not None else [self.target.name]
+        return {*keys, *timestamp, *parts, *(f.name for f in self.features), *target, *self.etl.ignore_columns}
 
     @property
     def model_features(self) -> dict[str, FeatureType]:

@@ -20,7 +20,7 @@ from evergreen.errors import DataQualityError, MissingDataError
 from evergreen.etl.features import add_time_features, sort_canonical
 from evergreen.etl.labels import binary_labels, label_texts
 from evergreen.etl.validation import partition_bounds, validate_frame
-from evergreen.spec import ROW_KEY, FeatureType, PipelineSpec, TaskType
+from evergreen.spec import ROW_KEY, FeatureType, PipelineSpec, SourceSpec, TaskType
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +34,11 @@ FEATURE_SCHEMA_VERSION = 1
 
 def raw_locations(spec: PipelineSpec, ds: dt.date) -> list[ObjectStoragePath]:
     """The raw file(s) holding day ``ds`` (a daily file or glob, or the one historical file)."""
-    source = spec.source
+    return source_locations(spec.source, ds)
+
+
+def source_locations(source: SourceSpec, ds: dt.date) -> list[ObjectStoragePath]:
+    """The file(s) of a source for day ``ds`` (a daily file or glob, or the one historical file)."""
     location = source.path.format(ds=ds.isoformat()) if source.kind == "daily_files" else source.path
     if "*" not in location:
         path = storage.resolve(location)
@@ -52,21 +56,26 @@ def raw_partition_ready(spec: PipelineSpec, ds: dt.date) -> bool:
 
 
 def _read_one(spec: PipelineSpec, path: ObjectStoragePath, data: bytes) -> pd.DataFrame:
+    return read_source_file(spec.source, path, data)
+
+
+def read_source_file(source: SourceSpec, path: ObjectStoragePath, data: bytes) -> pd.DataFrame:
+    """One file of a source as a frame; an empty, truncated, unparsable or ragged file raises DataQualityError."""
     import pandas as pd
 
     if not data:
         raise DataQualityError(f"raw file {path} is empty (0 bytes)")
-    if spec.source.format == "csv" and not data.endswith(b"\n"):
+    if source.format == "csv" and not data.endswith(b"\n"):
         # A CSV cut short ends inside its last row, whose last value then parses as a wrong number.
         last = data[data.rfind(b"\n") + 1:][:120].decode("utf-8", "replace")
         raise DataQualityError(f"raw file {path} does not end with a line break: truncated? (last line {last!r})")
     try:
-        if spec.source.format == "parquet":
+        if source.format == "parquet":
             return pd.read_parquet(io.BytesIO(data))
-        na = spec.source.na_values
+        na = source.na_values
         frame = pd.read_csv(io.BytesIO(data), na_values=na, keep_default_na=na is None, on_bad_lines="error")
     except Exception as exc:  # any parser error means the file itself is unusable
-        raise DataQualityError(f"raw file {path} cannot be read as {spec.source.format}: {exc}") from exc
+        raise DataQualityError(f"raw file {path} cannot be read as {source.format}: {exc}") from exc
     short = _short_rows(data, len(frame.columns))
     if short:
         raise DataQualityError(f"raw file {path} has rows with fewer than {len(frame.columns)} fields "
@@ -315,7 +324,10 @@ def build_features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
             out[feature.name] = _to_boolean(values)
         else:
             out[feature.name] = label_texts(values)  # 1, 1.0 and "1" are one category
-    out[spec.target.name] = target_column(spec, frame[spec.target.name])
+    if spec.labels is None:
+        out[spec.target.name] = target_column(spec, frame[spec.target.name])
+    else:  # the labels arrive later, from their own source: joined at training and in the outcomes
+        out[spec.target.name] = pd.Series(float("nan"), index=frame.index, dtype="float64")
     features = add_time_features(pd.DataFrame(out), spec)
     return sort_canonical(
         features[[*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]], spec
@@ -331,7 +343,7 @@ def target_column(spec: PipelineSpec, raw: pd.Series) -> pd.Series:
     if spec.task_type == TaskType.BINARY_CLASSIFICATION:
         values = binary_labels(raw, target.positive_label, target.negative_label) \
             if target.positive_label is not None else pd.to_numeric(raw)
-        if not target.allow_missing:
+        if not spec.labels_may_be_missing:
             return values.astype("int64")
         return pd.Series(values.astype("Float64").to_numpy(dtype="float64", na_value=float("nan")), index=raw.index)
     return pd.to_numeric(raw).astype("float64")
@@ -341,6 +353,8 @@ def target_summary(spec: PipelineSpec, values: pd.Series) -> dict[str, Any]:
     """Labelled and missing rows of a stored target, and the rows per class of a binary one (manifest)."""
     missing = int(values.isna().sum())
     out: dict[str, Any] = {"labelled_rows": len(values) - missing, "missing_rows": missing}
+    if spec.labels is not None:
+        out["labels"] = "separate"  # counted by the outcomes join, as of a day, not here
     if spec.task_type == TaskType.BINARY_CLASSIFICATION:
         known = values.dropna()
         out["classes"] = {"0": int((known == 0).sum()), "1": int((known == 1).sum())}

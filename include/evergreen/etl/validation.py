@@ -171,7 +171,7 @@ def expectation_checks(spec: PipelineSpec, ds: dt.date, columns: list[str]) -> l
             add("column_values_to_not_be_null", column=name, mostly=round(1.0 - feature.max_null_fraction, 6))
 
     target = spec.target
-    if target.name in present:
+    if target.name in present and spec.labels is None:  # separate labels are checked by the outcomes ETL
         if not target.allow_missing:
             add("column_values_to_not_be_null", column=target.name)
         if target.positive_label is not None:

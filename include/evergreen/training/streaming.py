@@ -34,7 +34,7 @@ from evergreen.training.window import (
     cap_rows,
     labelled,
     load_day,
-    read_features,
+    read_window_day,
     target_values,
 )
 
@@ -117,7 +117,7 @@ def _scan_days(spec: PipelineSpec, window: TrainingWindow, kinds: Mapping[str, s
     scan = _WindowScan(rows={}, categories={name: set() for name in categorical}, classes=set())
     train_days = set(window.train_days)
     for ds in [*window.train_days, *window.validation_days]:
-        frame = read_features(spec, ds, window.content_hashes.get(ds.isoformat()), columns)
+        frame = read_window_day(spec, window, ds, columns)
         absent = [c for c in columns if c not in frame.columns]
         if absent:
             raise DataQualityError(f"{spec.name} ds={ds} lacks columns {absent}")
@@ -178,7 +178,7 @@ class _SpilledDays:
 
     def _prepare_day(self, day: int) -> None:
         ds = self.days[day]
-        frame = load_day(self.spec, ds, self.window.content_hashes.get(ds.isoformat()))
+        frame = load_day(self.spec, ds, self.window)
         if len(frame) != self.expected[ds]:
             raise DataQualityError(f"{self.spec.name} ds={ds} changed while training read it "
                                    f"({self.expected[ds]} rows, then {len(frame)}); select the window again")
@@ -300,7 +300,7 @@ def in_memory_training_data(spec: PipelineSpec, window: TrainingWindow) -> Train
     import xgboost as xgb
 
     def load(days: list[dt.date]) -> list[pd.DataFrame]:
-        return [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in days]
+        return [load_day(spec, ds, window) for ds in days]
 
     train_frames = load(window.train_days)
     train = pd.concat(train_frames, ignore_index=True)

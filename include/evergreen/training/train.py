@@ -122,7 +122,7 @@ def predict_booster(booster: Any, schema: FeatureSchema, frame: pd.DataFrame) ->
 def score_holdout(spec: PipelineSpec, window: TrainingWindow, booster: Any, baseline: dict[str, Any],
                   schema: FeatureSchema) -> HoldoutScores:
     """Both models' scores on the holdout days, one day at a time."""
-    days = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in window.holdout_days]
+    days = [load_day(spec, ds, window) for ds in window.holdout_days]
     challenger, base = [], []
     for day in days:
         challenger.append(predict_booster(booster, schema, day))

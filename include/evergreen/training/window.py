@@ -37,11 +37,14 @@ class TrainingWindow:
     holdout_days: list[dt.date]
     # ds -> manifest content_sha256: loading re-checks these so the digest describes what was read.
     content_hashes: dict[str, str] = field(default_factory=dict)
+    # Separate labels (spec ``labels:``): the labels known as of this day, and their digest (in data_digest).
+    labels_as_of: dt.date | None = None
+    labels_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("as_of", "start"):
-            out[key] = out[key].isoformat()
+        for key in ("as_of", "start", "labels_as_of"):
+            out[key] = out[key].isoformat() if out[key] is not None else None
         for key in ("partitions", "missing_days", "train_days", "validation_days", "holdout_days"):
             out[key] = [d.isoformat() for d in out[key]]
         return out
@@ -63,6 +66,8 @@ class TrainingWindow:
             validation_days=days("validation_days"),
             holdout_days=days("holdout_days"),
             content_hashes=dict(data.get("content_hashes", {})),
+            labels_as_of=dt.date.fromisoformat(data["labels_as_of"]) if data.get("labels_as_of") else None,
+            labels_digest=data.get("labels_digest"),
         )
 
     @property
@@ -91,18 +96,27 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
     hashes: dict[str, str] = {}
     rows_by_day: dict[dt.date, int] = {}
     classes_by_day: dict[dt.date, set[str]] = {}
-    for ds, path in sorted(in_window.items()):
-        manifest = storage.read_manifest(path)
-        if manifest is None:  # unpublished between listing and reading
-            continue
+    manifests = {ds: m for ds, m in ((ds, storage.read_manifest(path)) for ds, path in sorted(in_window.items()))
+                 if m is not None}  # (None: unpublished between listing and reading)
+    book = None
+    if spec.labels is not None:
+        # Late labels: a day counts with the labels that had arrived by as_of, never later ones.
+        from evergreen.outcomes import label_book, labelled_rows_by_day
+
+        book = label_book(spec, as_of, since=start)
+        counted = labelled_rows_by_day(spec, book, {ds: str(m["content_sha256"]) for ds, m in manifests.items()})
+    for ds, manifest in manifests.items():
         target = manifest.get("target") or {}
         rows = int(target.get("labelled_rows", manifest["rows"]))
+        classes = {c for c, n in (target.get("classes") or {}).items() if n}
+        if book is not None:
+            rows, classes = counted[ds]
         if rows == 0:  # nothing to learn from or evaluate on (all labels missing): not a window day
             continue
         hashes[ds.isoformat()] = str(manifest["content_sha256"])
         rows_by_day[ds] = min(rows, cfg.max_rows_per_day) if cfg.max_rows_per_day else rows
-        if "classes" in target:
-            classes_by_day[ds] = {c for c, n in target["classes"].items() if n}
+        if spec.task_type == TaskType.BINARY_CLASSIFICATION and (classes or book is not None):
+            classes_by_day[ds] = classes
     present = sorted(rows_by_day)
 
     history_start = min([spec.schedule.start_date, *present[:1]])
@@ -134,12 +148,14 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
         start=start,
         partitions=present,
         missing_days=missing,
-        data_digest=storage.data_digest(hashes),
+        data_digest=storage.data_digest({**hashes, **({"labels": book.digest} if book is not None else {})}),
         rows=rows,
         train_days=train,
         validation_days=validation,
         holdout_days=holdout,
         content_hashes=hashes,
+        labels_as_of=as_of if book is not None else None,
+        labels_digest=book.digest if book is not None else None,
     )
 
 
@@ -178,15 +194,35 @@ def training_columns(spec: PipelineSpec) -> list[str]:
 
 def labelled(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """The rows with a label: training and evaluation never see the others (``target.allow_missing``)."""
-    if not spec.target.allow_missing:
+    if not spec.labels_may_be_missing:
         return frame  # a missing label is refused by target_values
     return frame[frame[spec.target.name].notna()]
 
 
-def load_day(spec: PipelineSpec, ds: dt.date, expected_sha: str | None = None) -> pd.DataFrame:
-    """One published partition's labelled rows with the columns training needs, file hashes verified,
-    capped if configured."""
-    frame = add_time_features(read_features(spec, ds, expected_sha), spec, overwrite=False)
+def read_window_day(spec: PipelineSpec, window: TrainingWindow, ds: dt.date,
+                    columns: list[str] | None = None) -> pd.DataFrame:
+    """A window day's feature rows (its hash verified). With separate labels, the target holds the labels
+    that had arrived by the window's ``labels_as_of`` (refused if the labels changed since selection)."""
+    expected = window.content_hashes.get(ds.isoformat())
+    if spec.labels is None:
+        return read_features(spec, ds, expected, columns)
+    from evergreen.outcomes import ARRIVED, label_book
+
+    if window.labels_as_of is None:
+        raise DataQualityError(f"{spec.name} window {window.start}..{window.as_of} was selected without labels")
+    book = label_book(spec, window.labels_as_of, since=window.start)
+    if book.digest != window.labels_digest:
+        raise DataQualityError(f"{spec.name}: the labels known as of {window.labels_as_of} changed since the window "
+                               "was selected (a label file was published late); rerun the training")
+    wanted = None if columns is None else list(dict.fromkeys([*spec.label_keys, *columns]))
+    frame, _ = book.attach(read_features(spec, ds, expected, wanted), ds)
+    return frame.drop(columns=[ARRIVED])
+
+
+def load_day(spec: PipelineSpec, ds: dt.date, window: TrainingWindow) -> pd.DataFrame:
+    """One window day's labelled rows with the columns training needs, file hashes verified, capped if
+    configured."""
+    frame = add_time_features(read_window_day(spec, window, ds), spec, overwrite=False)
     wanted = training_columns(spec)
     absent = [c for c in wanted if c not in frame.columns]
     if absent:
@@ -204,7 +240,7 @@ def load_window_frames(spec: PipelineSpec, window: TrainingWindow) -> tuple[pd.D
     """
 
     def load(days: list[dt.date]) -> pd.DataFrame:
-        frames = [load_day(spec, ds, window.content_hashes.get(ds.isoformat())) for ds in days]
+        frames = [load_day(spec, ds, window) for ds in days]
         return pd.concat(frames, ignore_index=True)
 
     return load(window.train_days), load(window.validation_days), load(window.holdout_days)
