@@ -417,7 +417,41 @@ def generate_day(
     for feature in spec.features:
         data[feature.name] = columns[feature.name]
     data[spec.target.name] = target
-    return pd.DataFrame(data)[spec.raw_columns]
+    # With a separate label source the raw day has no target: land_days writes the labels on their own.
+    return pd.DataFrame(data)[[*spec.raw_columns, *([spec.target.name] if spec.labels is not None else [])]]
+
+
+LATE_LABEL_SHARE = 0.05  # of the simulated labels arrive 1-3 days after max_delay_days: counted as late
+
+
+def label_arrivals(spec: PipelineSpec, ds: dt.date, keys: pd.Series) -> np.ndarray:
+    """Days after ``ds`` each row's label arrives: uniform over 0..max_delay_days (hashed from the key, so
+    reruns agree), and :data:`LATE_LABEL_SHARE` of them late."""
+    assert spec.labels is not None
+    hashed = pd.util.hash_pandas_object(keys.astype("str"), index=False).to_numpy()
+    delay = (hashed % np.uint64(spec.labels.max_delay_days + 1)).astype("int64")
+    late = (hashed // np.uint64(1000)) % np.uint64(1000) < np.uint64(int(LATE_LABEL_SHARE * 1000))
+    return np.where(late, spec.labels.max_delay_days + 1 + (hashed % np.uint64(3)).astype("int64"), delay)
+
+
+def land_labels(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> list[str]:
+    """The labels of prediction day ``ds`` as the files they arrive in: one file per arrival day,
+    ``from-<ds>.parquet`` in that day's folder (the label source's path is a glob over those files)."""
+    assert spec.labels is not None
+    column = spec.label_column
+    arrivals = label_arrivals(spec, ds, frame[spec.entity_keys[0]])
+    written = []
+    for delay in sorted(set(arrivals.tolist())):
+        part = frame.loc[arrivals == delay, [*spec.label_keys, spec.target.name]].rename(
+            columns={spec.target.name: column}).reset_index(drop=True)
+        arrived = (ds + dt.timedelta(days=int(delay))).isoformat()
+        folder = spec.labels.source.path.format(ds=arrived).rsplit("/", 1)[0]
+        path = storage.resolve(f"{folder}/from-{ds.isoformat()}.{spec.labels.source.format}")
+        data = storage.frame_to_parquet_bytes(part) if spec.labels.source.format == "parquet" else \
+            part.to_csv(index=False).encode("utf-8")
+        storage.write_bytes_atomic(path, data)
+        written.append(str(path))
+    return written
 
 
 def land_days(
@@ -444,6 +478,9 @@ def land_days(
             frame = generate_day(
                 spec, ds, seed=seed, drift=drift, drift_start=drift_start, label_noise=label_noise, rows=rows
             )
+            if spec.labels is not None:
+                written += land_labels(spec, ds, frame)
+                frame = frame.drop(columns=[spec.target.name])
             if spec.source.format == "parquet":
                 data = storage.frame_to_parquet_bytes(frame)
             else:
