@@ -128,7 +128,8 @@ def drift_alert(spec: PipelineSpec, report: Mapping[str, Any], link: str) -> Ale
 
 def trigger_alert(spec: PipelineSpec, trigger: Mapping[str, Any], link: str) -> Alert:
     return Alert(spec=spec.name, event="retrain_triggered", partition=str(trigger["run_id"]),
-                 reason=f"drift report {trigger['conf'].get('drift_report')} triggers {trigger['dag_id']}",
+                 reason=(f"{trigger['conf'].get('reason', 'drift')} report {trigger['conf'].get('drift_report')} "
+                         f"triggers {trigger['dag_id']}"),
                  link=link, details={"as_of": trigger["conf"].get("as_of"), "run_id": trigger["run_id"]})
 
 

@@ -301,7 +301,8 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
                            description="Last day of the training window (YYYY-MM-DD). Empty: the run's date."),
             "window_days": Param(window.days, type="integer", minimum=window.min_days, maximum=3650,
                                  title="Window (days)", description="Length of the trailing training window."),
-            "reason": Param(None, type=["null", "string"], enum=[None, "schedule", "manual", "drift", "backfill"],
+            "reason": Param(None, type=["null", "string"],
+                            enum=[None, "schedule", "manual", "drift", "performance", "backfill"],
                             title="Trigger reason", description="Recorded as lineage. Empty: from the run type."),
             "drift_report": Param(None, type=["null", "string"], title="Drift report",
                                   description="Storage reference of the drift report behind this retrain."),
@@ -517,7 +518,8 @@ in `models/{spec.name}/drift_triggers/`:
 
 - `no_drift`; `below_hysteresis` (fewer than {cfg.consecutive_reports} consecutive drifted reports);
 - `cooldown` (a drift retrain was triggered less than {cfg.cooldown_hours:g} h ago);
-- `duplicate` / `superseded`; `triggered`: `{training_id}` starts with conf `reason=drift`, the report and
+- `duplicate` / `superseded`; `triggered`: `{training_id}` starts with conf `reason=drift` (or `performance`:
+  with late labels, the champion's realized metric is decided the same way), the report and
   `as_of` = the report's day, under the run id `drift__<ds>__<report sha>`: one report, at most one retrain.
 """,
         schedule=CronTriggerTimetable(spec.schedule.drift_sensor_cron, timezone=spec.schedule.timezone),
@@ -531,7 +533,9 @@ in `models/{spec.name}/drift_triggers/`:
             from evergreen import monitoring
 
             pending = monitoring.unacted_reports(spec)
-            return PokeReturnValue(is_done=bool(pending), xcom_value=[r["key"] for r in pending])
+            performance = monitoring.unacted_performance(spec)  # late labels: realized performance too
+            keys = [r["key"] for r in pending] + ([performance["key"]] if performance else [])
+            return PokeReturnValue(is_done=bool(keys), xcom_value=keys)
 
         @task(multiple_outputs=False, retries=0)
         def decide_retrain() -> dict[str, Any]:
@@ -557,7 +561,7 @@ in `models/{spec.name}/drift_triggers/`:
             trigger_run_id="{{ " + decision + "['run_id'] }}",
             conf={
                 "as_of": "{{ " + decision + "['conf']['as_of'] }}",
-                "reason": "drift",
+                "reason": "{{ " + decision + "['conf']['reason'] }}",
                 "drift_report": "{{ " + decision + "['conf']['drift_report'] }}",
             },
             skip_when_already_exists=True,

@@ -352,7 +352,50 @@ def unacted_reports(spec: PipelineSpec) -> list[dict[str, Any]]:
 
 def trigger_run_id(report: dict[str, Any]) -> str:
     """Deterministic training run id for a report: the same report can never start two retrains."""
-    return f"drift__{report['ds']}__{report['sha256'][:12]}"
+    return f"{report.get('reason', 'drift')}__{report['ds']}__{report['sha256'][:12]}"
+
+
+PERFORMANCE = "performance"
+
+
+def performance_verdict(spec: PipelineSpec) -> dict[str, Any] | None:
+    """The champion's realized performance (specs with late labels): its primary metric pooled over its
+    last ``drift.performance_window_days`` outcome days against its holdout metric, as a report the
+    sensor decides on like a drift report (``ds`` the newest outcome day, ``sha256`` of the content);
+    None without labels, a champion, or labelled outcomes."""
+    from evergreen import outcomes
+    from evergreen.evaluation import relative_improvement
+
+    if spec.labels is None:
+        return None
+    try:
+        reference = load_champion_reference(spec)
+    except NoChampionError:
+        return None
+    realized = outcomes.realized_metric(spec, reference.version, spec.drift.performance_window_days)
+    holdout = reference.metrics.get(spec.primary_metric)
+    if realized is None or realized["value"] is None or holdout is None:
+        return None
+    drop = -relative_improvement(spec.primary_metric, float(realized["value"]), float(holdout))
+    degraded = drop > spec.drift.max_performance_drop
+    body = {"spec": spec.name, "champion_version": reference.version, "metric": spec.primary_metric,
+            "realized": realized["value"], "holdout": holdout, "relative_drop": drop, "rows": realized["rows"],
+            "days": realized["days"], "degraded": degraded}
+    reasons = [f"realized {spec.primary_metric} {realized['value']:.4f} over {len(realized['days'])} outcome days "
+               f"is {drop:.1%} worse than the champion's holdout {holdout:.4f} (max_performance_drop "
+               f"{spec.drift.max_performance_drop:.1%})"] if degraded else []
+    return {"ds": realized["days"][-1], "key": layout.performance_report(spec.name), "reason": PERFORMANCE,
+            "sha256": storage.sha256_bytes(storage.canonical_json(body)), "drift_detected": degraded,
+            "reasons": reasons, "champion_version": reference.version, "performance": body}
+
+
+def unacted_performance(spec: PipelineSpec) -> dict[str, Any] | None:
+    """The performance verdict when the ledger has no decision on it yet."""
+    verdict = performance_verdict(spec)
+    if verdict is None:
+        return None
+    acted = {(e["ds"], e["report_sha256"]) for e in trigger_ledger(spec)}
+    return None if (verdict["ds"], verdict["sha256"]) in acted else verdict
 
 
 def retrain_verdict(*, streak: int, required: int, last_trigger: dt.datetime | None, now: dt.datetime,
@@ -375,7 +418,9 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
     Per report, in day order: ``no_drift``; ``duplicate`` (a retrain for this report was already
     triggered); ``below_hysteresis`` (fewer than N consecutive drifted reports); ``cooldown`` (a drift
     retrain was triggered less than ``cooldown_hours`` ago); ``superseded`` (a later report in the same
-    batch triggers instead); ``triggered`` (at most one per call: the latest eligible report).
+    batch triggers instead); ``triggered`` (at most one per call: the latest eligible report). With late
+    labels, the champion's realized performance (:func:`performance_verdict`) is decided the same way,
+    with ``reason: performance``, and wins over a drift report when both are eligible.
     Returns ``{"decisions": [...], "trigger": {run_id, conf} | None}``.
     """
     cfg = spec.drift
@@ -399,6 +444,7 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
 
     decisions: list[dict[str, Any]] = []
     eligible: list[dict[str, Any]] = []
+    performance = unacted_performance(spec)
     for report in pending:
         run_id = trigger_run_id(report)
         entry = {
@@ -426,19 +472,47 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
                 eligible.append(entry)
         decisions.append(entry)
 
+    if performance is not None:
+        # Realized outcomes are the ground truth the drift checks stand in for: judged the same way, and
+        # when both are eligible, the performance retrain is the one triggered.
+        entry = {"spec": spec.name, "ds": performance["ds"], "report": performance["key"],
+                 "report_sha256": performance["sha256"], "drift_detected": performance["drift_detected"],
+                 "reasons": performance["reasons"], "decided_at": now.isoformat(), "trigger_run_id": None,
+                 "reason": PERFORMANCE, "performance": performance["performance"]}
+        earlier = [e for e in ledger if e.get("reason") == PERFORMANCE]
+        streak = 1
+        for previous in reversed(earlier):
+            if not previous["drift_detected"]:
+                break
+            streak += 1
+        if not performance["drift_detected"]:
+            entry["decision"] = "no_drift"
+        else:
+            decision, detail = retrain_verdict(streak=streak, required=cfg.consecutive_reports,
+                                               last_trigger=last_trigger, now=now, cooldown=cooldown)
+            entry["decision"] = decision
+            if detail:
+                entry["detail"] = detail
+            if decision == "eligible":
+                eligible.append(entry)
+        decisions.append(entry)
+
     trigger = None
     if eligible:
-        chosen = eligible[-1]
+        chosen = next((e for e in eligible if e.get("reason") == PERFORMANCE), eligible[-1])
         chosen["decision"] = TRIGGERED
-        chosen["trigger_run_id"] = trigger_run_id({"ds": chosen["ds"], "sha256": chosen["report_sha256"]})
+        reason = chosen.get("reason", "drift")
+        chosen["trigger_run_id"] = trigger_run_id({"ds": chosen["ds"], "sha256": chosen["report_sha256"],
+                                                   "reason": reason})
         trigger = {
             "run_id": chosen["trigger_run_id"],
             "dag_id": spec.dag_id("training"),
-            "conf": {"as_of": chosen["ds"], "reason": "drift", "drift_report": chosen["report"]},
+            "conf": {"as_of": chosen["ds"], "reason": reason, "drift_report": chosen["report"]},
         }
-        for entry in eligible[:-1]:
-            entry["decision"] = "superseded"
-            entry["detail"] = f"the later report of {chosen['ds']} triggers the retrain"
+        for entry in eligible:
+            if entry is not chosen:
+                entry["decision"] = "superseded"
+                entry["detail"] = f"the {reason} report of {chosen['ds']} triggers the retrain"
 
     for entry in decisions:
         key = layout.trigger_entry(spec.name, dt.date.fromisoformat(entry["ds"]), entry["report_sha256"])

@@ -265,6 +265,9 @@ class DriftSpec(_Model):
     # with calendar features legitimately move their scores with the weekly cycle.
     prediction_drift_in_verdict: bool = False
     max_performance_drop: float = Field(default=0.05, ge=0)
+    # With late labels (``labels:``): the champion's realized primary metric, pooled over its last this
+    # many outcome days, against its holdout metric; a drop beyond max_performance_drop retrains.
+    performance_window_days: int = Field(default=7, ge=1)
     consecutive_reports: int = Field(default=1, ge=1)
     cooldown_hours: float = Field(default=24.0, ge=0)
     sensor_poke_seconds: float = Field(default=60.0, ge=1)

@@ -100,7 +100,25 @@ def test_build_dags_for_the_shipped_specs_gives_twelve_dags() -> None:
     assert sorted(dags) == sorted(f"{spec}_{kind}" for spec in SPECS for kind in KINDS)
     assert len(dags) == 12
     assert all(dag.dag_id == dag_id for dag_id, dag in dags.items())
-    assert tuple(BUILDERS) == KINDS
+    assert tuple(BUILDERS) == (*KINDS, "outcomes")  # outcomes: only for specs with a separate label source
+
+
+def test_a_spec_with_late_labels_gets_an_outcomes_dag() -> None:
+    from evergreen.factory import build_outcomes_dag, drift_reports_asset
+    from evergreen.spec import LabelsSpec, SourceSpec, get_spec
+
+    spec = get_spec("fraud")
+    assert build_outcomes_dag(spec) is None
+    late = spec.model_copy(update={"labels": LabelsSpec(
+        source=SourceSpec(kind="daily_files", path="raw/fraud_labels/ds={ds}/*.parquet"), max_delay_days=5)})
+    dags = build_dags({"fraud": late})
+    dag = dags["fraud_outcomes"]
+    assert set(dag.task_ids) == {"ingest_labels", "join_outcomes"}
+    assert edges(dag) == {("ingest_labels", "join_outcomes")}
+    assert list(dag.timetable.asset_condition.objects) == [drift_reports_asset(late)]  # after each monitor run
+    outlets = dag.get_task("join_outcomes").outlets
+    assert [o.name for o in outlets] == ["outcomes/fraud"]
+    assert "up to 5" in dag.doc_md and "first label to arrive for a key wins" in dag.doc_md
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -192,7 +210,8 @@ def test_sensors_and_trigger(spec_dags: tuple[str, dict]) -> None:
     assert trigger.trigger_dag_id == f"{name}_training"
     assert trigger.skip_when_already_exists is True
     assert trigger.wait_for_completion is False
-    assert trigger.conf["reason"] == "drift"
+    # drift or performance: the decision's own reason (rendered from decide_retrain's result)
+    assert trigger.conf["reason"] == "{{ ti.xcom_pull(task_ids='decide_retrain')['trigger']['conf']['reason'] }}"
     assert sorted(trigger.conf) == ["as_of", "drift_report", "reason"]
 
     # One task monitors every pending day, so the champion is loaded once per run (not once per day).

@@ -26,6 +26,7 @@ def late_fraud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec.update(name="late_fraud", labels={
         "source": {"kind": "daily_files", "path": "raw/late_fraud_labels/ds={ds}/*.parquet", "format": "parquet"},
         "max_delay_days": 3})
+    spec["drift"] = {**spec.get("drift", {}), "performance_window_days": 2, "max_performance_drop": 0.05}
     spec["source"]["path"] = "raw/late_fraud/ds={ds}/transactions.parquet"
     spec["window"] = {"days": 14, "holdout_days": 3, "validation_days": 2, "min_days": 7, "max_missing_days": 2,
                       "min_rows": 1000}
@@ -42,7 +43,8 @@ def test_late_labels_through_the_dags(airflow_db: Path, storage_root: Path, mlfl
     from evergreen.etl.ingest import run_feature_etl
 
     spec = late_fraud
-    land_days(spec, START, LAST, rows=400, seed=5)
+    # The relationship changes the day after the model's window: only outcomes can tell.
+    land_days(spec, START, LAST, rows=400, seed=5, drift="concept", drift_start=AS_OF + dt.timedelta(days=1))
     run = run_dag("late_fraud_feature_etl", START)  # the raw day has no target, the DAG publishes it anyway
     assert str(run.state) == "success", task_states(run)
     for i in range(1, (LAST - START).days + 1):
@@ -84,3 +86,19 @@ def test_late_labels_through_the_dags(airflow_db: Path, storage_root: Path, mlfl
     day = next(d for d in report["days"] if d["ds"] == AS_OF.isoformat())
     assert day["models"]["champion"]["metrics"]["roc_auc"] > 0.6
     assert (storage_root / layout.performance_report_html(spec.name)).read_text().count("<polyline") >= 1
+
+    # The champion's realized AUC over its last two outcome days has dropped: the sensor retrains, for
+    # performance, through the same ledger (a second sensor run does not trigger again).
+    run = run_dag("late_fraud_drift_sensor")
+    decided = xcom_value(run, "decide_retrain")
+    assert decided["trigger"] is not None, decided
+    assert decided["trigger"]["conf"]["reason"] == "performance"
+    assert decided["trigger"]["run_id"].startswith(f"performance__{LAST.isoformat()}__")
+    entry = next(d for d in decided["decisions"] if d.get("reason") == "performance")
+    assert entry["performance"]["relative_drop"] > 0.05 and entry["performance"]["days"] == [
+        (AS_OF + dt.timedelta(days=1)).isoformat(), LAST.isoformat()]
+    assert "realized roc_auc" in entry["reasons"][0]
+    from evergreen import monitoring
+
+    assert monitoring.unacted_performance(spec) is None  # decided once: the sensor has nothing new to wait for
+    assert [e["decision"] for e in monitoring.trigger_ledger(spec) if e.get("reason") == "performance"] == ["triggered"]
