@@ -688,7 +688,21 @@ prediction day is late (counted, never used). Training as of a day sees only the
                 "as_of": result["as_of"], "days": [o["ds"] for o in result["outcomes"]], "report": result["report"]}
             return {**result, "labels": ingested}
 
-        join_outcomes(ingest_labels())
+        joined = join_outcomes(ingest_labels())
+        if spec.promotion.mode == "shadow":
+            @task(multiple_outputs=False, retries=0, pool=REGISTRY_POOL)
+            def judge_shadow(joined: dict[str, Any]) -> dict[str, Any] | None:
+                from evergreen import alerts, registry
+
+                context = get_current_context()
+                ti = context["ti"]
+                decision = registry.judge_shadow(spec, actor=f"airflow:{ti.dag_id}/{ti.run_id}",
+                                                 decided_at=getattr(context.get("dag_run"), "run_after", None))
+                if decision is not None and decision["kind"] != "waiting":
+                    _notify(spec, lambda link: alerts.decision_alert(spec, decision, link))
+                return decision
+
+            judge_shadow(joined)
 
     return outcomes_dag()
 

@@ -361,6 +361,42 @@ def realized_metric(spec: PipelineSpec, version: str, last_days: int) -> dict[st
     return {"metric": spec.primary_metric, "value": metric, "rows": len(y), "days": [d["ds"] for d in days]}
 
 
+def shadow_comparison(spec: PipelineSpec, champion: str, challenger: str, *, after: dt.date) -> dict[str, Any]:
+    """Champion and shadow challenger on the same labelled rows of every outcome day after ``after`` (the
+    challenger's last training day: earlier days are in its sample) that scored both: ``{days, rows,
+    champion, challenger}`` (their primary metric, pooled over those rows)."""
+    import numpy as np
+
+    from evergreen.evaluation import compute_metrics
+
+    keys, target = spec.label_keys, spec.target.name
+    days, ys, champ, chall = [], [], [], []
+    for ds, path in sorted(storage.list_partitions(layout.OUTCOMES, spec.name).items()):
+        if ds <= after:
+            continue
+        manifest = storage.read_manifest(path)
+        models = (manifest or {}).get("models") or {}
+        if {m["version"] for m in models.values()} < {str(champion), str(challenger)}:
+            continue
+        frame = storage.read_partition(path, expected_sha256=manifest["content_sha256"])
+        frame = frame[frame[target].notna()]
+        pair = frame[frame["model_version"] == str(champion)].merge(
+            frame[frame["model_version"] == str(challenger)][[*keys, "prediction"]], on=keys, suffixes=("", "_shadow"))
+        if pair.empty:
+            continue
+        days.append(ds.isoformat())
+        ys.append(pair[target].to_numpy(dtype="float64"))
+        champ.append(pair["prediction"].to_numpy(dtype="float64"))
+        chall.append(pair["prediction_shadow"].to_numpy(dtype="float64"))
+    if not days:
+        return {"days": [], "rows": 0, "champion": None, "challenger": None}
+    y = np.concatenate(ys)
+    metric = spec.primary_metric
+    return {"days": days, "rows": len(y), "metric": metric,
+            "champion": compute_metrics(spec.task_type, y, np.concatenate(champ)).get(metric),
+            "challenger": compute_metrics(spec.task_type, y, np.concatenate(chall)).get(metric)}
+
+
 def write_performance_report(spec: PipelineSpec) -> dict[str, Any]:
     """``reports/performance/<spec>/report.json`` + ``report.html``: every outcomes day, each model."""
     days = performance_days(spec)

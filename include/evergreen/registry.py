@@ -349,8 +349,9 @@ def promote_if_better(
     """Register a challenger that passed its gates and make it champion if it beat the evaluated champion.
 
     Decision kinds: ``rejected`` (gates failed, nothing registered), ``registered`` (passed but did not
-    beat the champion, or the champion moved since evaluation), ``promoted``, ``dry_run`` (storage record
-    only, ``outcome`` says what would have happened). Returns the recorded decision. Everything but a dry
+    beat the champion, or the champion moved since evaluation), ``promoted``, ``shadowing``
+    (``promotion.mode: shadow``: registered as ``challenger``, promoted later by :func:`judge_shadow`),
+    ``dry_run`` (storage record only, ``outcome`` says what would have happened). Returns the recorded decision. Everything but a dry
     run happens under the registry lock.
     """
     if dry_run:
@@ -446,6 +447,13 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         reasons = [f"passed the gates but does not beat champion {expected} on {summary['primary_metric']}"]
         champion_after = alias_version(client, name, CHAMPION)
         read_to_set = 0.0
+    elif expected is not None and spec.promotion.mode == "shadow":
+        # Shadow mode: it serves beside the champion until realized outcomes decide (judge_shadow).
+        kind = "shadowing"
+        reasons = [*outcome_reasons, f"beats champion {expected} on the holdout; scored in shadow until "
+                                     f"{spec.promotion.shadow_days} outcome days compare them on the same rows"]
+        champion_after = alias_version(client, name, CHAMPION)
+        read_to_set = 0.0
     else:
         won, champion_after, reasons, read_to_set = _compare_and_set_champion(client, name, expected, version, settle)
         kind = "promoted" if won else "registered"
@@ -465,6 +473,65 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         "previous_champion": alias_version(client, name, PREVIOUS_CHAMPION),
         "read_to_set_seconds": round(read_to_set, 3),
     })
+
+
+def judge_shadow(spec: PipelineSpec, *, actor: str, decided_at: dt.datetime | None = None,
+                 settle_seconds: float | None = None) -> dict[str, Any] | None:
+    """Promote or drop a challenger in shadow once ``promotion.shadow_days`` outcome days compare it with
+    the champion on the same labelled rows: ``promoted`` when its realized primary metric is better,
+    ``rejected`` (the ``challenger`` alias removed) otherwise. None when no challenger is in shadow;
+    ``{"kind": "waiting", ...}`` (not recorded) while there are fewer days. Under the registry lock."""
+    with registry_lock(spec, actor):
+        return _judge_shadow(spec, actor=actor, decided_at=decided_at, settle_seconds=settle_seconds)
+
+
+def _judge_shadow(spec: PipelineSpec, *, actor: str, decided_at: dt.datetime | None,
+                  settle_seconds: float | None) -> dict[str, Any] | None:
+    from evergreen.evaluation import improvement
+    from evergreen.outcomes import shadow_comparison
+
+    client = _client()
+    name = spec.registered_model_name
+    champion_version, challenger = alias_version(client, name, CHAMPION), alias_version(client, name, CHALLENGER)
+    if champion_version is None or challenger is None or challenger == champion_version:
+        return None
+    started = [r for r in decision_history(spec) if r["kind"] == "shadowing" and r.get("version") == challenger]
+    if not started:
+        return None  # registered only (did not beat the champion on its holdout): not a shadow candidate
+    trained_through = dt.date.fromisoformat(client.get_model_version(name, challenger).tags[Tag.AS_OF])
+    evidence = shadow_comparison(spec, champion_version, challenger, after=trained_through)
+    needed = spec.promotion.shadow_days
+    if len(evidence["days"]) < needed or evidence["challenger"] is None or evidence["champion"] is None:
+        return {"kind": "waiting", "version": challenger, "evidence": evidence,
+                "reasons": [f"{len(evidence['days'])} of {needed} outcome days compare the shadow challenger"]}
+    decided = _utc(decided_at)
+    metric = evidence["metric"]
+    better = improvement(metric, float(evidence["challenger"]), float(evidence["champion"])) > 0
+    summary = (f"realized {metric} over {len(evidence['days'])} days ({evidence['rows']} rows): challenger "
+               f"{evidence['challenger']:.4f}, champion {champion_version} {evidence['champion']:.4f}")
+    record: dict[str, Any] = {
+        "spec": spec.name, "model_name": name, "version": challenger, "run_id": started[-1].get("run_id"),
+        "actor": actor, "decided_at": decided.isoformat(), "dry_run": False, "mode": "shadow",
+        "evidence": evidence, "champion_evaluated_against": champion_version, "champion_before": champion_version,
+        "candidate": started[-1].get("candidate"), "gates": started[-1].get("gates"),
+    }
+    if better:
+        settle = settings.current().cas_settle_seconds if settle_seconds is None else settle_seconds
+        won, champion_after, reasons, read_to_set = _compare_and_set_champion(client, name, champion_version,
+                                                                             challenger, settle)
+        kind = "promoted" if won else "registered"
+        reasons = [f"won in shadow: {summary}", *reasons]
+        if won and alias_version(client, name, CHALLENGER) == challenger:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    else:
+        kind, champion_after, read_to_set = "rejected", champion_version, 0.0
+        reasons = [f"lost in shadow: {summary}"]
+        client.delete_registered_model_alias(name, CHALLENGER)
+    _tag_version(client, name, challenger, {Tag.DECISION: kind, Tag.DECIDED_AT: decided.isoformat(),
+                                            Tag.DECIDED_BY: actor})
+    return record_decision(spec, {**record, "kind": kind, "reasons": reasons, "champion_after": champion_after,
+                                  "previous_champion": alias_version(client, name, PREVIOUS_CHAMPION),
+                                  "read_to_set_seconds": round(read_to_set, 3)})
 
 
 def _require_version(client: Any, name: str, version: str) -> None:

@@ -228,6 +228,18 @@ class ModelSpec(_Model):
     missing_values: Literal["sentinel", "native"] = "sentinel"
 
 
+class PromotionSpec(_Model):
+    """How a candidate that the gates would promote becomes champion.
+
+    ``immediate``: at once. ``shadow``: it is registered as ``challenger``, scored beside the champion on
+    live data, and promoted only once ``shadow_days`` outcome days show it beating the champion on the same
+    labelled rows (and dropped if it does not); needs ``labels:``. The first model of a spec has no
+    champion to shadow and is promoted at once."""
+
+    mode: Literal["immediate", "shadow"] = "immediate"
+    shadow_days: int = Field(default=3, ge=1)
+
+
 class GatesSpec(_Model):
     """Promotion gates. Metric names are the evaluation module's (roc_auc, rmse, ...)."""
 
@@ -359,6 +371,7 @@ class PipelineSpec(_Model):
     window: WindowSpec = WindowSpec()
     model: ModelSpec = ModelSpec()
     gates: GatesSpec = GatesSpec()
+    promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
     labels: LabelsSpec | None = None
     alerts: AlertsSpec = AlertsSpec()
@@ -399,6 +412,8 @@ class PipelineSpec(_Model):
         unknown = sorted(set(self.drift.key_features) - feature_names)
         if unknown:
             raise ValueError(f"drift.key_features are not features: {unknown}")
+        if self.promotion.mode == "shadow" and self.labels is None:
+            raise ValueError("promotion.mode shadow judges the challenger on realized outcomes: it needs labels:")
         if self.labels is not None:
             if self.derive_row_key:
                 raise ValueError("labels from a separate source join on entity keys: give entity_keys")

@@ -30,7 +30,8 @@ def late_fraud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec["source"]["path"] = "raw/late_fraud/ds={ds}/transactions.parquet"
     spec["window"] = {"days": 14, "holdout_days": 3, "validation_days": 2, "min_days": 7, "max_missing_days": 2,
                       "min_rows": 1000}
-    spec["model"] = {**spec.get("model", {}), "num_boost_round": 40, "early_stopping_rounds": 5}
+    spec["model"] = {**spec.get("model", {}), "num_boost_round": 40, "early_stopping_rounds": 5,
+                     "registered_name": "late_fraud"}
     folder = tmp_path / "specs"
     folder.mkdir()
     (folder / "late_fraud.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -102,3 +103,57 @@ def test_late_labels_through_the_dags(airflow_db: Path, storage_root: Path, mlfl
 
     assert monitoring.unacted_performance(spec) is None  # decided once: the sensor has nothing new to wait for
     assert [e["decision"] for e in monitoring.trigger_ledger(spec) if e.get("reason") == "performance"] == ["triggered"]
+
+
+@pytest.mark.slow
+def test_a_shadow_challenger_is_promoted_by_realized_outcomes(airflow_db: Path, storage_root: Path, mlflow_uri: str,
+                                                              late_fraud, tmp_path: Path, monkeypatch) -> None:
+    """``promotion.mode: shadow``: a retrain after a concept change beats the champion on its holdout, is
+    scored in shadow, and becomes champion once realized outcomes on days after its training agree."""
+    from evergreen import registry
+    from evergreen.etl.ingest import run_feature_etl
+    from mlflow import MlflowClient
+
+    path = tmp_path / "specs" / "late_fraud.yaml"
+    edited = yaml.safe_load(path.read_text())
+    # Gates that only ask for a better model than the champion: the slice gates of the fraud spec judge a
+    # three-day holdout of the changed world too harshly for this test's small days.
+    edited.update(promotion={"mode": "shadow", "shadow_days": 2},
+                  gates={"primary_metric": "roc_auc", "min_lift_over_baseline": -1.0})
+    path.write_text(yaml.safe_dump(edited, sort_keys=False))
+    spec = get_spec("late_fraud")
+    assert spec.promotion.mode == "shadow"
+    first_as_of = START + dt.timedelta(days=13)
+    second_as_of = first_as_of + dt.timedelta(days=7)
+    last = second_as_of + dt.timedelta(days=3)
+    land_days(spec, START, last, rows=400, seed=6, drift="concept", drift_start=first_as_of + dt.timedelta(days=1))
+    for i in range((last - START).days + 1):
+        run_feature_etl(spec, START + dt.timedelta(days=i))
+    for i in range(0, (second_as_of - START).days + 1):
+        outcomes.ingest_labels(spec, START + dt.timedelta(days=i))
+
+    run = run_dag("late_fraud_training", first_as_of, conf={"window_days": 14})
+    assert xcom_value(run, "promote_if_better")["kind"] == "promoted"
+    run = run_dag("late_fraud_training", second_as_of, conf={"window_days": 7})  # the changed world only
+    shadowing = xcom_value(run, "promote_if_better")
+    assert shadowing["kind"] == "shadowing", shadowing
+    client = MlflowClient()
+    assert registry.alias_version(client, "late_fraud", "champion") == "1"
+    assert registry.alias_version(client, "late_fraud", "challenger") == shadowing["version"] == "2"
+
+    run = run_dag("late_fraud_drift_monitor")  # champion and shadow challenger score every day
+    assert str(run.state) == "success", task_states(run)
+    run = run_dag("late_fraud_outcomes", second_as_of + dt.timedelta(days=1))
+    waiting = xcom_value(run, "judge_shadow")
+    assert waiting["kind"] == "waiting" and waiting["evidence"]["days"] == [(second_as_of + dt.timedelta(days=1)).isoformat()]
+    run = run_dag("late_fraud_outcomes", last)
+    assert str(run.state) == "success", task_states(run)
+    decision = xcom_value(run, "judge_shadow")
+    assert decision["kind"] == "promoted", decision
+    evidence = decision["evidence"]
+    assert evidence["days"][0] == (second_as_of + dt.timedelta(days=1)).isoformat() and len(evidence["days"]) == 3
+    assert evidence["challenger"] > evidence["champion"] and evidence["rows"] > 100
+    assert registry.alias_version(client, "late_fraud", "champion") == "2"
+    assert registry.alias_version(client, "late_fraud", "previous_champion") == "1"
+    assert registry.alias_version(client, "late_fraud", "challenger") is None
+    assert [d["kind"] for d in registry.decision_history(spec)] == ["promoted", "shadowing", "promoted"]
