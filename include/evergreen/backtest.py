@@ -13,7 +13,10 @@ window end and shared by the policies that ask for it.
 A training's candidate is its better model on the holdout, XGBoost or the linear baseline, as in the
 training DAG (``choose_candidate``). Policies: ``static`` (the initial model forever), ``every:N`` (retrain every N days, the candidate always
 replaces the champion), ``gated:N`` (every N days, through the spec's gates) and ``triggered`` (when the
-drift verdict says so, with the spec's hysteresis and cooldown, through the gates).
+drift verdict says so, with the spec's hysteresis and cooldown, through the gates) and ``performance``
+(when the serving model's realized primary metric over its last ``drift.performance_window_days`` days,
+on the labels known each day, is worse than its holdout metric by more than ``max_performance_drop``:
+the sensor's performance trigger, with the same hysteresis and cooldown, through the gates).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from evergreen.evaluation import (
     higher_is_better,
     json_safe,
     promotion_outcome,
+    relative_improvement,
 )
 from evergreen.monitoring import retrain_verdict
 from evergreen.spec import PipelineSpec, TaskType
@@ -61,12 +65,12 @@ class BacktestError(EvergreenError):
 @dataclass(frozen=True)
 class Policy:
     name: str
-    kind: str  # static | every | gated | triggered
+    kind: str  # static | every | gated | triggered | performance
     every: int = 0
 
     @property
     def gated(self) -> bool:
-        return self.kind in ("gated", "triggered")
+        return self.kind in ("gated", "triggered", "performance")
 
 
 def parse_policies(text: str | Sequence[str]) -> list[Policy]:
@@ -75,12 +79,12 @@ def parse_policies(text: str | Sequence[str]) -> list[Policy]:
     policies = []
     for name in names:
         kind, _, arg = name.partition(":")
-        if kind in ("static", "triggered") and not arg:
+        if kind in ("static", "triggered", "performance") and not arg:
             policies.append(Policy(name, kind))
         elif kind in ("every", "gated") and arg.isdigit() and int(arg) >= 1:
             policies.append(Policy(name, kind, int(arg)))
         else:
-            raise BacktestError(f"unknown policy {name!r}: use static, every:N, gated:N or triggered")
+            raise BacktestError(f"unknown policy {name!r}: use static, every:N, gated:N, triggered or performance")
     if not policies or len({p.name for p in policies}) != len(policies):
         raise BacktestError(f"give each policy once: {names}")
     return policies
@@ -109,6 +113,8 @@ class _PolicyState:
     baseline_promotions: int = 0
     alarms: int = 0
     seconds: float = 0.0
+    served: list[tuple[dt.date, np.ndarray]] = field(default_factory=list)  # days the model served, its scores
+    performance_streak: int = 0
 
 
 class _Replay:
@@ -163,6 +169,30 @@ class _Replay:
         began = time.perf_counter()
         self.scores[key] = model.predict(self.day(ds).frame)
         return self.scores[key], time.perf_counter() - began
+
+    def known_labels(self, ds: dt.date, as_of: dt.date) -> np.ndarray:
+        """Day ``ds``'s labels as known on day ``as_of`` (float, NaN where none had arrived)."""
+        spec = self.spec
+        if spec.labels is None or ds == as_of:
+            labels = self.day(ds).decision_labels
+        else:
+            from evergreen.outcomes import label_book
+
+            labels = label_book(spec, as_of, since=ds).attach(self.day(ds).frame, ds)[0][spec.target.name]
+        return pd.to_numeric(labels, errors="coerce").to_numpy(dtype="float64")
+
+    def realized(self, served: list[tuple[dt.date, np.ndarray]], as_of: dt.date, days: int) -> float | None:
+        """The primary metric pooled over the last ``days`` served days, on the labels known at ``as_of``."""
+        ys, preds = [], []
+        for ds, scores in served[-days:]:
+            y = self.known_labels(ds, as_of)
+            mask = ~np.isnan(y)
+            ys.append(y[mask])
+            preds.append(scores[mask])
+        y = np.concatenate(ys) if ys else np.empty(0)
+        if not y.size:
+            return None
+        return compute_metrics(self.spec.task_type, y, np.concatenate(preds)).get(self.spec.primary_metric)
 
     def verdict(self, model: Candidate, ds: dt.date, scores: np.ndarray) -> dict[str, Any]:
         key = (model.window.as_of, model.kind, ds)
@@ -245,6 +275,22 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
             }
 
             due = policy.kind in ("every", "gated") and (index + 1) % policy.every == 0
+            if policy.kind == "performance" and ds > model.window.as_of:
+                # The champion's realized metric over its last days, as the sensor judges it with outcomes.
+                state.served.append((ds, scores))
+                realized = replay.realized(state.served, ds, spec.drift.performance_window_days)
+                holdout = model.metrics.get(primary)
+                drop = (-relative_improvement(primary, float(realized), float(holdout))
+                        if realized is not None and holdout is not None else 0.0)
+                state.performance_streak = state.performance_streak + 1 if drop > spec.drift.max_performance_drop else 0
+                if state.performance_streak:
+                    decision, detail = retrain_verdict(
+                        streak=state.performance_streak, required=spec.drift.consecutive_reports,
+                        last_trigger=dt.datetime.combine(state.last_retrain, dt.time(), tzinfo=dt.UTC),
+                        now=dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC), cooldown=dt.timedelta(days=cooldown_days))
+                    due = decision == "eligible"
+                    record["reason"] = detail or (f"performance: realized {primary} {realized:.4f} is {drop:.1%} worse "
+                                                  f"than the holdout {holdout:.4f}")
             if policy.kind == "triggered" and alarm:
                 decision, detail = retrain_verdict(
                     streak=state.streak, required=spec.drift.consecutive_reports,
@@ -252,7 +298,7 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
                     now=dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC),
                     cooldown=dt.timedelta(days=cooldown_days))
                 due = decision == "eligible"
-                record["reason"] = detail or decision
+                record["reason"] = detail or f"drift: {'; '.join(verdict['reasons'][:2])}"
             if due:
                 trained = replay.fit(ds)
                 state.seconds += replay.fit_seconds[ds]  # a fit shared with another policy counts for both
@@ -267,12 +313,14 @@ def run_backtest(spec: PipelineSpec, start: dt.date, end: dt.date, policies: Seq
                         gates = _gate(spec, candidate, model)
                         outcome, reasons = promotion_outcome(gates, bar_blocks=spec.gates.bar_blocks)
                         promote = outcome in PROMOTING
-                        record["reason"] = "; ".join(reasons) if reasons else (record["reason"] or "gates passed")
+                        # Why it retrained (trigger policies), then what the gates decided.
+                        record["reason"] = "; ".join(r for r in (record["reason"], *(reasons or ["gates passed"])) if r)
                     else:
                         promote = True
                         record["reason"] = record["reason"] or "scheduled"
                     if promote:
                         state.model = candidate
+                        state.served, state.performance_streak = [], 0
                         state.promotions += 1
                         state.baseline_promotions += int(candidate.kind == BASELINE)
                         record["promoted"] = True

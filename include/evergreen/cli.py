@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--start", type=_date, required=True, help="first day scored (the initial model is trained "
                                                                "on the window ending the day before)")
     bt.add_argument("--end", type=_date, required=True)
-    bt.add_argument("--policies", default="static,every:1,every:7,gated:1,triggered",
-                    help="comma-separated: static, every:N, gated:N, triggered")
+    bt.add_argument("--policies", default="static,every:1,every:7,gated:1,triggered,performance",
+                    help="comma-separated: static, every:N, gated:N, triggered, performance")
     bt.add_argument("--window-days", type=int, help="training window (default: the spec's window.days)")
     bt.add_argument("--out", required=True, help="folder for backtest.json and backtest.html")
     bt.set_defaults(func=_cmd_backtest)

@@ -36,6 +36,7 @@ from evergreen.errors import DataQualityError, MissingDataError, RegistryError
 from evergreen.spec import PipelineSpec, load_valid_specs
 
 DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
+POLICY_PATTERN = r"(static|triggered|performance|every:[1-9][0-9]*|gated:[1-9][0-9]*)"
 # One slot: promotions and rollbacks of every spec queue here before they take the registry lock, so two
 # never race for it. The stacks create it (`airflow pools set`, see airflow-init and devtools.localstack).
 REGISTRY_POOL = "evergreen_registry"
@@ -586,7 +587,8 @@ def build_backtest_dag(spec: PipelineSpec) -> DAG:
 Replays the published feature days `start..end` on a data-time clock: each day is scored by the model each
 policy would have been serving (trained on earlier days only), then the policy decides whether to retrain
 on the window ending that day. Policies: `static`, `every:N`, `gated:N` (through the gates), `triggered`
-(drift verdict, hysteresis and cooldown in data time, through the gates). Nothing is registered and no
+(drift verdict, hysteresis and cooldown in data time, through the gates), `performance` (the realized
+metric over the last days, as the sensor judges outcomes). Nothing is registered and no
 production state changes: the report goes to `reports/backtest/{spec.name}/<start>_<end>/` and to the MLflow
 experiment `{spec.name}-backtests`. The same as `evergreen backtest --spec {spec.name}`.
 """,
@@ -598,10 +600,9 @@ experiment `{spec.name}-backtests`. The same as `evergreen backtest --spec {spec
                            description="First day scored (the first model trains on the window before it)."),
             "end": Param(None, type="string", format="date", pattern=r"^\d{4}-\d{2}-\d{2}$", title="To",
                          description="Last day scored."),
-            "policies": Param("static,every:1,every:7,gated:1,triggered", type="string", minLength=3,
-                              pattern=r"^(static|triggered|every:[1-9][0-9]*|gated:[1-9][0-9]*)"
-                                      r"(,(static|triggered|every:[1-9][0-9]*|gated:[1-9][0-9]*))*$",
-                              title="Policies", description="Comma-separated: static, every:N, gated:N, triggered."),
+            "policies": Param("static,every:1,every:7,gated:1,triggered,performance", type="string", minLength=3,
+                              pattern=rf"^{POLICY_PATTERN}(,{POLICY_PATTERN})*$", title="Policies",
+                              description="Comma-separated: static, every:N, gated:N, triggered, performance."),
             "window_days": Param(spec.window.days, type="integer", minimum=3, maximum=730, title="Window (days)"),
         },
     )

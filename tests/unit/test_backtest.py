@@ -96,8 +96,8 @@ def test_triggered_cooldown_is_counted_in_data_time(changing_world, storage_root
 
 
 def test_policy_names_and_errors(changing_world, storage_root: Path) -> None:
-    assert [p.name for p in backtest.parse_policies("static, every:7 ,gated:2,triggered")] == [
-        "static", "every:7", "gated:2", "triggered"]
+    assert [p.name for p in backtest.parse_policies("static, every:7 ,gated:2,triggered,performance")] == [
+        "static", "every:7", "gated:2", "triggered", "performance"]
     for bad in ("every", "every:0", "gated:x", "sometimes", "static,static"):
         with pytest.raises(backtest.BacktestError):
             backtest.parse_policies(bad)
@@ -143,3 +143,25 @@ def test_a_baseline_that_beats_xgboost_serves_in_the_replay(changing_world, stor
         update={"baseline_candidate": False})}), first, first, backtest.parse_policies("static"), window_days=10)
     assert stump["policies"]["static"]["daily"][0]["candidate"] == "xgboost"
     assert report["policies"]["every:1"]["daily"][0]["score"] < 0.8 * stump["policies"]["static"]["daily"][0]["score"]
+
+
+def test_the_performance_policy_retrains_on_realized_error(changing_world, storage_root: Path) -> None:
+    """``performance``: the serving model's error over its last days (labels as known each day) against
+    its holdout error, with hysteresis and a data-time cooldown: the reversed world is caught from the
+    outcomes alone, and a retrain is not repeated within the cooldown."""
+    spec = changing_world.model_copy(update={"drift": changing_world.drift.model_copy(
+        update={"performance_window_days": 2, "cooldown_hours": 48.0, "consecutive_reports": 1})})
+    first = START + dt.timedelta(days=HISTORY)
+    report = backtest.run_backtest(spec, first, first + dt.timedelta(days=REPLAY - 1),
+                                   backtest.parse_policies("static,performance"), window_days=14)
+    daily = report["policies"]["performance"]["daily"]
+    retrained = [d for d in daily if d["retrained"]]
+    assert retrained and all(d["reason"].startswith("performance: realized rmse") for d in retrained)
+    assert "worse than the holdout" in retrained[0]["reason"]
+    days = [dt.date.fromisoformat(d["ds"]) for d in retrained]
+    assert all((b - a).days >= 2 for a, b in zip(days, days[1:], strict=False))  # the cooldown, in data days
+    assert any("cooldown" in (d["reason"] or "") for d in daily if not d["retrained"])
+    # It recovers: the last days well below the static model's error, and the whole replay too.
+    static = report["policies"]["static"]["daily"]
+    assert sum(d["score"] for d in daily[-3:]) < 0.9 * sum(d["score"] for d in static[-3:])
+    assert report["policies"]["performance"]["score"] < report["policies"]["static"]["score"]
