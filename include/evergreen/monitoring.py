@@ -445,6 +445,17 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
     decisions: list[dict[str, Any]] = []
     eligible: list[dict[str, Any]] = []
     performance = unacted_performance(spec)
+
+    def judge(entry: dict[str, Any], streak: int) -> None:
+        """Hysteresis and cooldown for a degraded report (drift or realized performance)."""
+        decision, detail = retrain_verdict(streak=streak, required=cfg.consecutive_reports,
+                                           last_trigger=last_trigger, now=now, cooldown=cooldown)
+        entry["decision"] = decision
+        if detail:
+            entry["detail"] = detail
+        if decision == "eligible":
+            eligible.append(entry)
+
     for report in pending:
         run_id = trigger_run_id(report)
         entry = {
@@ -462,14 +473,7 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
         elif run_id in triggered_runs:
             entry["decision"] = "duplicate"
         else:
-            decision, detail = retrain_verdict(streak=consecutive_drifted(report["ds"]),
-                                               required=cfg.consecutive_reports, last_trigger=last_trigger,
-                                               now=now, cooldown=cooldown)
-            entry["decision"] = decision
-            if detail:
-                entry["detail"] = detail
-            if decision == "eligible":
-                eligible.append(entry)
+            judge(entry, consecutive_drifted(report["ds"]))
         decisions.append(entry)
 
     if performance is not None:
@@ -488,13 +492,7 @@ def decide_retrain(spec: PipelineSpec, *, now: dt.datetime) -> dict[str, Any]:
         if not performance["drift_detected"]:
             entry["decision"] = "no_drift"
         else:
-            decision, detail = retrain_verdict(streak=streak, required=cfg.consecutive_reports,
-                                               last_trigger=last_trigger, now=now, cooldown=cooldown)
-            entry["decision"] = decision
-            if detail:
-                entry["detail"] = detail
-            if decision == "eligible":
-                eligible.append(entry)
+            judge(entry, streak)
         decisions.append(entry)
 
     trigger = None
