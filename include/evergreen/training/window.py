@@ -199,13 +199,16 @@ def labelled(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame[spec.target.name].notna()]
 
 
-def read_window_day(spec: PipelineSpec, window: TrainingWindow, ds: dt.date,
+def read_window_day(spec: PipelineSpec, window: TrainingWindow | None, ds: dt.date,
                     columns: list[str] | None = None) -> pd.DataFrame:
     """A window day's feature rows (its hash verified). With separate labels, the target holds the labels
-    that had arrived by the window's ``labels_as_of`` (refused if the labels changed since selection)."""
-    expected = window.content_hashes.get(ds.isoformat())
+    that had arrived by the window's ``labels_as_of`` (refused if the labels changed since selection).
+    Without a window: the published day as it is (labels from the features only)."""
+    expected = window.content_hashes.get(ds.isoformat()) if window is not None else None
     if spec.labels is None:
         return read_features(spec, ds, expected, columns)
+    if window is None:
+        raise ValueError(f"{spec.name} has a separate label source: read its days through a training window")
     from evergreen.outcomes import ARRIVED, label_book
 
     if window.labels_as_of is None:
@@ -219,9 +222,9 @@ def read_window_day(spec: PipelineSpec, window: TrainingWindow, ds: dt.date,
     return frame.drop(columns=[ARRIVED])
 
 
-def load_day(spec: PipelineSpec, ds: dt.date, window: TrainingWindow) -> pd.DataFrame:
-    """One window day's labelled rows with the columns training needs, file hashes verified, capped if
-    configured."""
+def load_day(spec: PipelineSpec, ds: dt.date, window: TrainingWindow | None = None) -> pd.DataFrame:
+    """One window day's labelled rows with the columns training needs, file hashes verified against the
+    window (if given), capped if configured."""
     frame = add_time_features(read_window_day(spec, window, ds), spec, overwrite=False)
     wanted = training_columns(spec)
     absent = [c for c in wanted if c not in frame.columns]
