@@ -47,13 +47,14 @@ def airflow_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 
 
 
 @contextlib.contextmanager
-def running_stack(home: Path, dag_ids: list[str], *, unpause: bool = False) -> Generator[Any, None, None]:
+def running_stack(home: Path, dag_ids: list[str], *, unpause: bool = False,
+                  extra_env: dict[str, str] | None = None) -> Generator[Any, None, None]:
     """A LocalStack (its own embedded PostgreSQL) under ``home`` with ``dag_ids`` parsed; this process
     reads the stack's storage root and MLflow store. Stopped, database included, on exit."""
     from devtools.localstack import LocalStack
 
     storage_root = home / "storage"
-    stack = LocalStack(home, storage_root, airflow_port=free_port(), dag_refresh_seconds=5)
+    stack = LocalStack(home, storage_root, airflow_port=free_port(), dag_refresh_seconds=5, extra_env=extra_env)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EVERGREEN_STORAGE_ROOT", str(storage_root))
         mp.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)

@@ -353,6 +353,31 @@ def promotion_outcome(gate_report: Mapping[str, Any], *, bar_blocks: bool = Fals
     return "reject", reasons or [f"gates failed: {', '.join(failed)}"]
 
 
+def approval_request(gate_report: Mapping[str, Any], *, bar_blocks: bool = False) -> str:
+    """The Markdown a person reads to approve a promotion (``promotion.mode: approval``), or "" when the
+    gates would not promote (nothing to approve)."""
+    outcome, reasons = promotion_outcome(gate_report, bar_blocks=bar_blocks)
+    if outcome not in PROMOTING:
+        return ""
+    primary = gate_report.get("primary_metric")
+    challenger = (gate_report.get("challenger_metrics") or {}).get(primary)
+    champion = (gate_report.get("champion_metrics") or {}).get(primary)
+    lines = [f"**{gate_report.get('model_name')}**: the {gate_report.get('candidate', XGBOOST)} candidate of run "
+             f"`{gate_report.get('run_id')}` (as of {gate_report.get('as_of')}, data `{gate_report.get('data_digest')}`) "
+             f"would replace champion {gate_report.get('champion_version') or '(none)'}.", "",
+             f"{primary}: candidate **{_fmt(challenger)}**, champion {_fmt(champion)}, holdout of "
+             f"{gate_report.get('holdout_rows')} rows.", "", "| gate | value | threshold | result |", "| --- | --- | --- | --- |"]
+    lines += [f"| {g['name']} | {_fmt(g.get('value'))} | {_fmt(g.get('threshold'))} | {g.get('status')} |"
+              for g in gate_report.get("gates") or []]
+    if reasons:
+        lines += ["", *[f"- {r}" for r in reasons]]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "n/a"
+
+
 def json_safe(obj: Any) -> Any:
     """Plain JSON types; NaN/inf become None (JSON has no NaN)."""
     if isinstance(obj, Mapping):

@@ -337,7 +337,11 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
             with data_errors_fail_fast(spec):  # a tampered model is an integrity failure: no retry
                 return evaluation.evaluate_challenger(spec, trained["run_id"])
 
-        @task(multiple_outputs=False, retries=0, pool=REGISTRY_POOL)
+        approval_mode = spec.promotion.mode == "approval"
+
+        # With approval, the promotion also runs when the question was skipped (nothing to approve).
+        @task(multiple_outputs=False, retries=0, pool=REGISTRY_POOL,
+              trigger_rule="none_failed" if approval_mode else "all_success")
         def promote_if_better(trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
             import logging
 
@@ -352,6 +356,7 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
                 dry_run=bool(context["params"].get("dry_run")),
                 actor=f"airflow:{ti.dag_id}/{ti.run_id}",
                 decided_at=getattr(context.get("dag_run"), "run_after", None),
+                approval=_approval(ti) if approval_mode else None,
             )
             logging.getLogger(__name__).info(
                 "decision for %s run %s: %s (version %s, champion %s -> %s) %s", spec.name, trained["run_id"],
@@ -364,9 +369,41 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
             return decision
 
         trained = train_challenger(assemble_training_set())
-        promote_if_better(trained, evaluate_gates(trained))
+        report = evaluate_gates(trained)
+        promoted = promote_if_better(trained, report)
+        if approval_mode:
+            from airflow.providers.standard.operators.hitl import HITLOperator
+
+            # Asked only when the gates would promote: a person approves in the Airflow UI, reading the gate
+            # report; no answer in time takes the default, Reject.
+            @task.short_circuit(retries=0, ignore_downstream_trigger_rules=False)
+            def approval_needed(report: dict[str, Any]) -> str:
+                from evergreen import evaluation
+
+                return evaluation.approval_request(report, bar_blocks=spec.gates.bar_blocks)
+
+            request_approval = HITLOperator(
+                task_id="request_approval", subject=f"Promote the new {spec.registered_model_name} model?",
+                body=approval_needed(report), options=[APPROVE, REJECT], defaults=[REJECT],
+                response_timeout=dt.timedelta(hours=spec.promotion.approval_timeout_hours), retries=0)
+            request_approval >> promoted
 
     return training()
+
+
+APPROVE, REJECT = "Approve", "Reject"
+
+
+def _approval(ti: Any) -> dict[str, Any] | None:
+    """What the person asked answered (None: not asked, the gates would not promote)."""
+    answer = ti.xcom_pull(task_ids="request_approval")
+    if not answer:
+        return None
+    user = answer.get("responded_by_user") or {}
+    who = user.get("name") or user.get("id") if isinstance(user, dict) else user
+    at = answer.get("responded_at")
+    return {"approved": list(answer.get("chosen_options") or []) == [APPROVE], "by": who,
+            "at": at.isoformat() if hasattr(at, "isoformat") else at, "choice": list(answer.get("chosen_options") or [])}
 
 
 def build_rollback_dag(spec: PipelineSpec) -> DAG:

@@ -345,8 +345,12 @@ def promote_if_better(
     actor: str,
     decided_at: dt.datetime | None = None,
     settle_seconds: float | None = None,
+    approval: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register a challenger that passed its gates and make it champion if it beat the evaluated champion.
+
+    ``approval`` (``promotion.mode: approval``): ``{approved, by, at}`` from the person asked; a promotion
+    that was not approved (or not answered in time) is ``rejected``, with who and why in the record.
 
     Decision kinds: ``rejected`` (gates failed, nothing registered), ``registered`` (passed but did not
     beat the champion, or the champion moved since evaluation), ``promoted``, ``shadowing``
@@ -356,14 +360,15 @@ def promote_if_better(
     """
     if dry_run:
         return _promote(spec, run_id, gate_report, dry_run=True, actor=actor, decided_at=decided_at,
-                        settle_seconds=settle_seconds)
+                        settle_seconds=settle_seconds, approval=approval)
     with registry_lock(spec, actor):
         return _promote(spec, run_id, gate_report, dry_run=False, actor=actor, decided_at=decided_at,
-                        settle_seconds=settle_seconds)
+                        settle_seconds=settle_seconds, approval=approval)
 
 
 def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *, dry_run: bool, actor: str,
-             decided_at: dt.datetime | None, settle_seconds: float | None) -> dict[str, Any]:
+             decided_at: dt.datetime | None, settle_seconds: float | None,
+             approval: Mapping[str, Any] | None = None) -> dict[str, Any]:
     decided = _utc(decided_at)
     # Wait between moving the alias and verifying it (see _compare_and_set_champion); tests shorten it.
     settle = settings.current().cas_settle_seconds if settle_seconds is None else settle_seconds
@@ -371,6 +376,12 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
     expected = gate_report.get("champion_version")
     expected = str(expected) if expected is not None else None
     outcome, outcome_reasons = promotion_outcome(gate_report, bar_blocks=spec.gates.bar_blocks)
+    refused: list[str] = []
+    if approval is not None and not approval.get("approved"):
+        who = approval.get("by")
+        refused = [f"promotion not approved by {who}" if who else
+                   f"promotion not approved: no answer within {spec.promotion.approval_timeout_hours:g} h (default Reject)"]
+        outcome = "reject"
     passed = outcome != "reject"
     beats = outcome in PROMOTING
     below_bar = outcome == "promote_below_bar"
@@ -392,6 +403,7 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         "below_bar": below_bar,
         "candidate": gate_report.get("candidate") or "xgboost",
         "candidate_run_id": gate_report.get("candidate_run_id") or run_id,
+        **({"approval": dict(approval)} if approval is not None else {}),
     }
     if below_bar:  # loud: the new champion fails a bar, the old one failed it worse on the same rows
         log.warning("%s run %s: %s", spec.name, run_id, "; ".join(outcome_reasons))
@@ -408,7 +420,7 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         return record_decision(spec, {**record, "kind": "dry_run", "outcome": outcome, "reasons": reasons})
 
     if not passed:
-        reasons = _rejection_reasons(gate_report)
+        reasons = refused or _rejection_reasons(gate_report)
         client.set_tag(run_id, Tag.DECISION, "rejected")
         client.set_tag(run_id, Tag.REJECTION_REASONS, truncate("; ".join(reasons)))
         client.set_tag(run_id, Tag.DECIDED_AT, decided.isoformat())

@@ -234,10 +234,13 @@ class PromotionSpec(_Model):
     ``immediate``: at once. ``shadow``: it is registered as ``challenger``, scored beside the champion on
     live data, and promoted only once ``shadow_days`` outcome days show it beating the champion on the same
     labelled rows (and dropped if it does not); needs ``labels:``. The first model of a spec has no
-    champion to shadow and is promoted at once."""
+    champion to shadow and is promoted at once. ``approval``: a person approves each promotion in the
+    Airflow UI (a human-in-the-loop task showing the gate report); no answer within
+    ``approval_timeout_hours`` means rejected."""
 
-    mode: Literal["immediate", "shadow"] = "immediate"
+    mode: Literal["immediate", "shadow", "approval"] = "immediate"
     shadow_days: int = Field(default=3, ge=1)
+    approval_timeout_hours: float = Field(default=24.0, gt=0)
 
 
 class GatesSpec(_Model):

@@ -217,3 +217,24 @@ def test_sensors_and_trigger(spec_dags: tuple[str, dict]) -> None:
     # One task monitors every pending day, so the champion is loaded once per run (not once per day).
     batch = dags[f"{name}_drift_monitor"].get_task("monitor_partitions")
     assert type(batch).__name__ == "_PythonDecoratedOperator"
+
+
+def test_approval_mode_asks_a_person_between_the_gates_and_the_promotion() -> None:
+    from evergreen.factory import build_training_dag
+    from evergreen.spec import get_spec
+
+    spec = get_spec("fraud")
+    spec = spec.model_copy(update={"promotion": spec.promotion.model_copy(
+        update={"mode": "approval", "approval_timeout_hours": 6})})
+    dag = build_training_dag(spec)
+    assert set(dag.task_ids) == TASKS["training"] | {"approval_needed", "request_approval"}
+    assert edges(dag) == EDGES["training"] | {("evaluate_gates", "approval_needed"),
+                                              ("approval_needed", "request_approval"),
+                                              ("request_approval", "promote_if_better")}
+    ask = dag.get_task("request_approval")
+    assert type(ask).__name__ == "HITLOperator"
+    assert (ask.options, ask.defaults, ask.response_timeout) == (["Approve", "Reject"], ["Reject"],
+                                                                 dt.timedelta(hours=6))
+    # Still promotes (or rejects) when nothing needed approving and the question was skipped.
+    assert dag.get_task("promote_if_better").trigger_rule == "none_failed"
+    assert dag.get_task("approval_needed").ignore_downstream_trigger_rules is False

@@ -263,3 +263,17 @@ def test_a_baseline_candidate_that_beats_the_champion_is_promoted() -> None:
     alone = evaluate_gates(spec, xgb, base, champion, {}).to_dict()
     assert alone["failed"] == ["lift_over_baseline"]
     assert promotion_outcome({**alone, "champion_version": "3"})[0] == "promote_below_bar"
+
+
+def test_the_approval_request_shows_the_gates_only_when_there_is_something_to_approve() -> None:
+    from evergreen.evaluation import approval_request
+
+    report = {"failed": [], "beats_champion": True, "champion_version": "3", "primary_metric": "roc_auc",
+              "challenger_metrics": {"roc_auc": 0.91}, "champion_metrics": {"roc_auc": 0.88}, "candidate": "baseline",
+              "gates": [{"name": "no_regression_vs_champion", "value": -0.03, "threshold": 0.01, "status": "passed"}],
+              "model_name": "fraud", "run_id": "abc", "as_of": "2026-11-01", "data_digest": "d1", "holdout_rows": 1200}
+    body = approval_request(report)
+    assert "the baseline candidate of run `abc`" in body and "would replace champion 3" in body
+    assert "candidate **0.9100**, champion 0.8800" in body and "| no_regression_vs_champion | -0.0300 | 0.0100 | passed |" in body
+    assert approval_request({**report, "beats_champion": False}) == ""  # registered only: nothing to approve
+    assert approval_request({**report, "failed": ["max_slice_gap"]}) == ""  # rejected by the gates
