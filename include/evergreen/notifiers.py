@@ -132,7 +132,8 @@ async def data_late(context: Any, spec_name: str, deadline: str = "") -> None:
     """Deadline callback of the ETL DAG (run by the triggerer): the day's data has not landed in time."""
     dag_run = (context or {}).get("dag_run") or {}
     get = dag_run.get if isinstance(dag_run, dict) else (lambda key, default=None: getattr(dag_run, key, default))
-    dag_id, run_id = str(get("dag_id", "") or ""), str(get("run_id", "") or "")
+    # The triggerer hands over the run as the REST API shows it (``dag_run_id``).
+    dag_id, run_id = str(get("dag_id", "") or ""), str(get("run_id", "") or get("dag_run_id", "") or "")
     spec = _spec(spec_name)
     alert = alerts.late_data_alert(spec, dag_id=dag_id, run_id=run_id, deadline=deadline,
                                    link=ui_link(dag_id, run_id) if dag_id else "")

@@ -143,7 +143,7 @@ def test_data_late_is_a_deadline_on_the_etl(storage_root: Path, receivers) -> No
     assert deadline.interval == dt.timedelta(minutes=90)
     assert "DAGRUN_QUEUED_AT" in repr(deadline.reference) or "QueuedAt" in type(deadline.reference).__name__
     assert deadline.callback.path == "evergreen.notifiers.data_late"
-    context = {"dag_run": {"dag_id": "alerted_feature_etl", "run_id": "scheduled__2026-03-12T00:00:00+00:00"}}
+    context = {"dag_run": {"dag_id": "alerted_feature_etl", "dag_run_id": "scheduled__2026-03-12T00:00:00+00:00"}}
     for _ in range(2):
         asyncio.run(notifiers.data_late(context, **deadline.callback.kwargs))
     assert [(h["event"], h["partition"]) for h in hooks] == [
