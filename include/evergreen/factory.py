@@ -691,7 +691,9 @@ days after the prediction day. Each run (day `ds`):
    to `labels/{spec.name}/ds=...` (bad files fail the run without retry, quarantined with the reason);
 2. `join_outcomes`: joins the labels known as of `ds` to the stored predictions (champion and shadow
    challenger) of every day still inside the delay window, into `outcomes/{spec.name}/ds=...`, and rewrites
-   the realized-performance report `reports/performance/{spec.name}/report.html`; emits `outcomes/{spec.name}`.
+   the realized-performance report `reports/performance/{spec.name}/report.html`; emits `outcomes/{spec.name}`;
+3. `judge_shadow` (`promotion.mode: shadow` only): promotes the challenger in shadow, or drops it, once
+   {spec.promotion.shadow_days} outcome days after its training compare it with the champion on the same rows.
 
 The rule: the first label to arrive for a key wins; later identical ones are duplicates, later different ones
 contradictory (both counted, ignored); a label arriving more than {labels.max_delay_days} days after its
