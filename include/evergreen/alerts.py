@@ -20,8 +20,7 @@ from typing import Any
 from evergreen import layout, storage
 from evergreen.spec import AlertRoute, PipelineSpec
 
-DECISION_EVENTS = {"promoted": "promoted", "registered": "registered", "rejected": "rejected",
-                   "rolled_back": "rolled_back"}
+DECISION_EVENTS = frozenset({"promoted", "registered", "rejected", "rolled_back"})  # decision kinds that alert
 
 
 @dataclass(frozen=True)
@@ -101,9 +100,8 @@ def sent_alerts(spec: PipelineSpec) -> list[dict[str, Any]]:
 
 def decision_alert(spec: PipelineSpec, decision: Mapping[str, Any], link: str) -> Alert | None:
     """The alert of a registry decision (promoted, below the bar, registered, rejected, rolled back)."""
-    kind = decision.get("kind")
-    event = DECISION_EVENTS.get(str(kind))
-    if event is None:  # dry runs change nothing
+    event = str(decision.get("kind"))
+    if event not in DECISION_EVENTS:  # dry runs change nothing; a shadowing challenger is not a decision yet
         return None
     if event == "promoted" and decision.get("below_bar"):
         event = "promoted_below_bar"

@@ -368,17 +368,20 @@ def performance_verdict(spec: PipelineSpec) -> dict[str, Any] | None:
 
     if spec.labels is None:
         return None
-    try:
-        reference = load_champion_reference(spec)
-    except NoChampionError:
+    # The sensor pokes this every minute: the champion's run metrics only (not its reference profile).
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    champion = registry.champion(spec, client)
+    if champion is None or not champion.run_id:
         return None
-    realized = outcomes.realized_metric(spec, reference.version, spec.drift.performance_window_days)
-    holdout = reference.metrics.get(spec.primary_metric)
+    realized = outcomes.realized_metric(spec, str(champion.version), spec.drift.performance_window_days)
+    holdout = client.get_run(champion.run_id).data.metrics.get(spec.primary_metric)
     if realized is None or realized["value"] is None or holdout is None:
         return None
     drop = -relative_improvement(spec.primary_metric, float(realized["value"]), float(holdout))
     degraded = drop > spec.drift.max_performance_drop
-    body = {"spec": spec.name, "champion_version": reference.version, "metric": spec.primary_metric,
+    body = {"spec": spec.name, "champion_version": str(champion.version), "metric": spec.primary_metric,
             "realized": realized["value"], "holdout": holdout, "relative_drop": drop, "rows": realized["rows"],
             "days": realized["days"], "degraded": degraded}
     reasons = [f"realized {spec.primary_metric} {realized['value']:.4f} over {len(realized['days'])} outcome days "
@@ -386,7 +389,7 @@ def performance_verdict(spec: PipelineSpec) -> dict[str, Any] | None:
                f"{spec.drift.max_performance_drop:.1%})"] if degraded else []
     return {"ds": realized["days"][-1], "key": layout.performance_report(spec.name), "reason": PERFORMANCE,
             "sha256": storage.sha256_bytes(storage.canonical_json(body)), "drift_detected": degraded,
-            "reasons": reasons, "champion_version": reference.version, "performance": body}
+            "reasons": reasons, "champion_version": str(champion.version), "performance": body}
 
 
 def unacted_performance(spec: PipelineSpec) -> dict[str, Any] | None:

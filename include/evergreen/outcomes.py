@@ -69,6 +69,22 @@ def label_values(spec: PipelineSpec, raw: pd.Series) -> pd.Series:
     return pd.Series(values.astype("Float64").to_numpy(dtype="float64", na_value=float("nan")), index=raw.index)
 
 
+def _label_range(spec: PipelineSpec) -> str:
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION:
+        return "{0, 1}" if spec.target.positive_label is None else "the target's labels"
+    return f"[{spec.target.min}, {spec.target.max}]"
+
+
+def _out_of_range(spec: PipelineSpec, values: pd.Series) -> pd.Series:
+    """Readable labels a target cannot hold: not 0/1 for a binary one, outside min/max for a regression."""
+    known = values.notna()
+    if spec.task_type == TaskType.BINARY_CLASSIFICATION:
+        return known & ~values.isin([0.0, 1.0])
+    low = values < spec.target.min if spec.target.min is not None else False
+    high = values > spec.target.max if spec.target.max is not None else False
+    return known & (low | high)
+
+
 def _event_days(spec: PipelineSpec, raw: pd.Series) -> pd.Series:
     """The local day (spec timezone) of each event time; naive times are local already."""
     import pandas as pd
@@ -112,6 +128,7 @@ def read_label_day(spec: PipelineSpec, arrived: dt.date) -> tuple[pd.DataFrame, 
         for name, bad in ((f"missing key {keys}", out[keys].isna().any(axis=1)),
                           (f"unreadable label {column!r}", out[LABEL].isna() & raw[column].notna()),
                           (f"missing label {column!r}", raw[column].isna()),
+                          (f"label {column!r} outside {_label_range(spec)}", _out_of_range(spec, out[LABEL])),
                           *(((f"unreadable event time {cfg.event_time!r}", out[EVENT_DAY].isna()),) if cfg.event_time else ())):
             if bad.any():
                 problems.append(f"{int(bad.sum())} rows with a {name} (first at row {int(np.flatnonzero(bad)[0])})")

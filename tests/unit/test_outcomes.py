@@ -43,12 +43,13 @@ def test_the_label_book_rules(storage_root: Path) -> None:
 
 def test_bad_label_files_are_refused_and_quarantined(storage_root: Path) -> None:
     spec = late_label_spec()
-    write_label_file(spec, START, pd.DataFrame({"transaction_id": ["a", None], "is_fraud": [1, None]}))
+    write_label_file(spec, START, pd.DataFrame({"transaction_id": ["a", None, "c"], "is_fraud": [1, None, 2]}))
     with pytest.raises(DataQualityError, match="missing key") as err:
         outcomes.ingest_labels(spec, START)
     assert "missing label" in str(err.value)
+    assert "1 rows with a label 'is_fraud' outside {0, 1} (first at row 2)" in str(err.value)  # a binary target
     report = json.loads((storage_root / layout.label_quarantine(spec.name, START) / "validation.json").read_text())
-    assert report["success"] is False and len(report["failures"]) == 2
+    assert report["success"] is False and len(report["failures"]) == 3
     assert storage.list_partitions(layout.LABELS, spec.name) == {}
 
 
