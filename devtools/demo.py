@@ -1,6 +1,7 @@
 """``make demo``: a local Airflow 3 + MLflow stack running Evergreen's fraud pipeline end to end.
 
-    python -m devtools.demo            # start the stack, backfill 28 days of features, train, promote
+    python -m devtools.demo            # start the stack, backfill 28 days of features, take in the
+                                       # chargebacks, train, promote, then play days of drift and outcomes
     python -m devtools.demo status     # what is running, and where
     python -m devtools.demo stop       # stop the stack (``make stop``)
 
@@ -42,6 +43,7 @@ TRAINING_DAG = f"{SPEC}_training"
 ROLLBACK_DAG = f"{SPEC}_rollback"
 MONITOR_DAG = f"{SPEC}_drift_monitor"
 SENSOR_DAG = f"{SPEC}_drift_sensor"
+OUTCOMES_DAG = f"{SPEC}_outcomes"
 DRIFT_START = HISTORY_END + dt.timedelta(days=3)  # two normal days, then covariate drift
 PLAY_END = DRIFT_START + dt.timedelta(days=1)
 
@@ -79,7 +81,10 @@ def land_history(storage: Path) -> list[str]:
     from evergreen.simulate import land_days
     from evergreen.spec import get_spec
 
-    return land_days(get_spec(SPEC), HISTORY_START, HISTORY_END, seed=SEED)
+    spec = get_spec(SPEC)
+    written = land_days(spec, HISTORY_START, HISTORY_END, seed=SEED)
+    raw_folder = spec.source.path.split("/ds=")[0]
+    return [uri for uri in written if f"/{raw_folder}/" in uri]  # the raw days, not the chargeback files
 
 
 def _run_counts(runs: list[dict[str, Any]]) -> str:
@@ -159,6 +164,37 @@ def run_and_wait(stack: LocalStack, dag_id: str, conf: dict[str, Any] | None = N
     return stack.wait_for_runs(dag_id, run_ids=[run["dag_run_id"]], timeout=timeout)[0]
 
 
+def take_outcomes(stack: LocalStack, as_of: dt.date) -> dict[str, Any]:
+    """One outcomes run on the data clock: the chargebacks arrived by ``as_of`` in, joined to the predictions."""
+    run = run_and_wait(stack, OUTCOMES_DAG, {"ds": as_of.isoformat()})
+    if run["state"] != "success":
+        report_failures(stack, OUTCOMES_DAG, [run])
+        raise DemoError(f"{OUTCOMES_DAG} run {run['dag_run_id']} failed")
+    return stack.xcom(OUTCOMES_DAG, run["dag_run_id"], "join_outcomes")
+
+
+def print_outcomes(storage: Path, joined: dict[str, Any], days: Sequence[dt.date]) -> None:
+    """What the outcomes of ``days`` say as of the run: waiting for chargebacks, or realized performance."""
+    from evergreen import layout
+
+    for ds in days:
+        manifest = storage / "outcomes" / SPEC / f"ds={ds}" / "_manifest.json"
+        if not manifest.exists():
+            say(f"    ds={ds}: no outcomes (no predictions, or its window closed before they were made)")
+            continue
+        outcome = json.loads(manifest.read_text())
+        champion = outcome["models"].get("champion") or {}
+        if not outcome["labelled_rows"]:
+            say(f"    ds={ds}: {champion.get('rows', 0):,} predictions by v{champion.get('version')}, "
+                "chargeback window still open: no label counts yet")
+            continue
+        metrics = champion.get("metrics") or {}
+        say(f"    ds={ds}: matured, {outcome['labelled_rows']:,} rows labelled ({champion.get('coverage', 0):.0%}), "
+            f"{outcome['late_labels']} chargebacks too late; realized roc_auc of v{champion.get('version')} "
+            f"{_fmt(metrics.get('roc_auc'))}")
+    say(f"    realized performance: {storage / layout.performance_report_html(SPEC)} (JSON: {joined['report']})")
+
+
 def monitor_drift(stack: LocalStack) -> dict[str, Any]:
     """One drift-monitor run: scores and reports every partition that has no report yet."""
     run = run_and_wait(stack, MONITOR_DAG)
@@ -221,7 +257,7 @@ def print_sensor(decided: dict[str, Any]) -> None:
 
 def drift_story(stack: LocalStack, storage: Path) -> dict[str, Any]:
     """Monitor history, play normal then drifted days, let the sensor retrain once, then hit the cooldown."""
-    for dag_id in (MONITOR_DAG, SENSOR_DAG):
+    for dag_id in (MONITOR_DAG, SENSOR_DAG, OUTCOMES_DAG):
         stack.unpause(dag_id)
     say(f"drift monitor: a report per partition of the {(HISTORY_END - HISTORY_START).days + 1}-day history, "
         "against the champion's reference profile ...")
@@ -229,12 +265,19 @@ def drift_story(stack: LocalStack, storage: Path) -> dict[str, Any]:
     say(f"  [{elapsed()}] {len(summary['reports'])} reports, drift on {summary['drifted'] or 'no day'}")
     decided, _ = sense_drift(stack)
     print_sensor(decided)
+    joined = take_outcomes(stack, HISTORY_END)
+    say(f"  [{elapsed()}] outcomes as of {HISTORY_END}: the champion's predictions joined to the chargebacks")
+    print_outcomes(storage, joined, [HISTORY_END - dt.timedelta(days=3), HISTORY_END])
 
     say(f"playing {HISTORY_END + dt.timedelta(days=1)}..{PLAY_END}: covariate drift injected from {DRIFT_START} "
         "(amounts up, more web/digital goods)")
     play_days(stack, storage, HISTORY_END + dt.timedelta(days=1), PLAY_END - dt.timedelta(days=1),
               drift="covariate", drift_start=DRIFT_START)
     summary = monitor_drift(stack)
+    late_day = HISTORY_END + dt.timedelta(days=1)
+    joined = take_outcomes(stack, PLAY_END - dt.timedelta(days=1))  # the retrain below sees these chargebacks
+    say(f"  [{elapsed()}] a late-label day: {late_day} is predicted now, its chargebacks come over 3 days")
+    print_outcomes(storage, joined, [HISTORY_END, late_day])
     say(f"  [{elapsed()}] new reports: {[r.split('ds=')[1][:10] for r in summary['reports']]}; "
         f"drift detected on {summary['drifted'] or 'no day'}")
     for ds in summary["drifted"]:
@@ -259,6 +302,10 @@ def drift_story(stack: LocalStack, storage: Path) -> dict[str, Any]:
     decided, training = sense_drift(stack)
     print_sensor(decided)
     result["second_trigger"] = decided.get("trigger")
+    joined = take_outcomes(stack, PLAY_END)
+    say(f"  [{elapsed()}] outcomes as of {PLAY_END}: {late_day}'s window has closed, its outcome is in")
+    print_outcomes(storage, joined, [late_day])
+    result["late_label_day"] = json.loads((storage / "outcomes" / SPEC / f"ds={late_day}" / "_manifest.json").read_text())
     return result
 
 
@@ -309,7 +356,7 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     say(f"home {home}")
     say("starting Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor, PostgreSQL) + MLflow ...")
     started = time.monotonic()
-    stack.start(wait_for_dags=[ETL_DAG, TRAINING_DAG, ROLLBACK_DAG, MONITOR_DAG, SENSOR_DAG], timeout=300)
+    stack.start(wait_for_dags=[ETL_DAG, TRAINING_DAG, ROLLBACK_DAG, MONITOR_DAG, SENSOR_DAG, OUTCOMES_DAG], timeout=300)
     step("start stack", started)
     say(f"  [{elapsed()}] healthy: Airflow {stack.airflow_url}, MLflow {stack.mlflow_url}; DAGs parsed")
 
@@ -337,6 +384,14 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
 
     started = time.monotonic()
     try:
+        stack.unpause(OUTCOMES_DAG)
+        ingested = take_outcomes(stack, HISTORY_END)["labels"]
+        say(f"  [{elapsed()}] {OUTCOMES_DAG} as of {HISTORY_END}: {sum(d['rows'] for d in ingested):,} chargebacks "
+            f"from {sum(1 for d in ingested if d['rows'])} arrival days published under {storage / 'labels' / SPEC}; "
+            "a day counts once its 3-day chargeback window has closed, so training uses the days up to "
+            f"{HISTORY_END - dt.timedelta(days=3)}")
+        step("chargebacks", started)
+        started = time.monotonic()
         _run, decision, gates = train(stack)
     except DemoError as exc:
         say(f"ERROR: {exc}")
@@ -359,10 +414,11 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     say(f"done in {time.monotonic() - _T0:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
     say("the stack keeps running; look around:")
     say(f"  Airflow UI   {stack.airflow_url}   user {stack.username}   password {stack.password}")
-    say(f"               DAGs {ETL_DAG}, {TRAINING_DAG}, {MONITOR_DAG}, {SENSOR_DAG}, {ROLLBACK_DAG}")
+    say(f"               DAGs {ETL_DAG}, {TRAINING_DAG}, {MONITOR_DAG}, {SENSOR_DAG}, {OUTCOMES_DAG}, {ROLLBACK_DAG}")
     say(f"  MLflow UI    {stack.mlflow_url}   (experiment '{SPEC}', registered model "
         f"'{decision.get('model_name')}', alias champion -> v{decision.get('champion_after')})")
-    say(f"  storage      {storage}   (raw/, features/, predictions/, reports/drift/{SPEC}/ds=*/report.html,")
+    say(f"  storage      {storage}   (raw/, features/, labels/, predictions/, outcomes/, reports/drift/{SPEC}/ds=*/report.html,")
+    say(f"               reports/performance/{SPEC}/report.html,")
     say(f"               models/{SPEC}/decisions/ and models/{SPEC}/drift_triggers/)")
     say(f"  history      EVERGREEN_STORAGE_ROOT={storage} MLFLOW_TRACKING_URI={stack.mlflow_url} "
         f".venv/bin/evergreen history --spec {SPEC}")

@@ -101,7 +101,10 @@ def xcom_value(dag_run: Any, task_id: str) -> Any:
 
 
 def land_and_etl(spec: PipelineSpec, start: dt.date, end: dt.date, **simulate: Any) -> None:
-    """Simulated raw days ``start..end`` landed and run through the feature ETL in this process."""
+    """Simulated raw days ``start..end`` landed and run through the feature ETL in this process; with a
+    separate label source, the label files arrived by ``end`` published too (as the outcomes DAG of
+    ``end``), and those of later arrival days already published again (a test may rewrite history)."""
+    from evergreen import outcomes
     from evergreen.etl.ingest import run_feature_etl
     from evergreen.simulate import land_days
 
@@ -110,11 +113,34 @@ def land_and_etl(spec: PipelineSpec, start: dt.date, end: dt.date, **simulate: A
     while day <= end:
         run_feature_etl(spec, day)
         day += dt.timedelta(days=1)
+    if spec.labels is not None:
+        outcomes.ingest_labels(spec, end)
+        last = max([end, *storage.list_partitions(layout.LABELS, spec.name)])
+        for i in range((last - start).days + 1):
+            outcomes.publish_label_day(spec, start + dt.timedelta(days=i))
+
+
+DAG_KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor", "backtest")
+
+
+def spec_dag_ids(name: str, *, outcomes: bool | None = None) -> list[str]:
+    """The DAG ids the factory builds for a spec: six kinds, plus ``<spec>_outcomes`` when its labels come
+    from their own source (``outcomes=None``: as the shipped spec of that name says; fraud's do)."""
+    if outcomes is None:
+        outcomes = load_spec(SHIPPED_SPECS_DIR / f"{name}.yaml").labels is not None
+    return sorted([*(f"{name}_{kind}" for kind in DAG_KINDS), *([f"{name}_outcomes"] if outcomes else [])])
+
+
+def same_day_spec(name: str = "fraud") -> PipelineSpec:
+    """The shipped spec with its target in the raw day (fraud's comes from its chargeback feed otherwise):
+    for the tests of what a day's own labels go through."""
+    return load_spec(SHIPPED_SPECS_DIR / f"{name}.yaml").model_copy(update={"labels": None})
 
 
 def small_spec(name: str = "fraud", **window: int) -> PipelineSpec:
-    """A shipped spec with a 14-day window and a few boosting rounds, so tests stay fast."""
-    spec = load_spec(SHIPPED_SPECS_DIR / f"{name}.yaml")
+    """A shipped spec with a 14-day window and a few boosting rounds, so tests stay fast; its labels come
+    in the day's data (the shipped fraud spec's chargeback feed is :func:`late_label_spec`'s business)."""
+    spec = same_day_spec(name)
     window_cfg = {"days": 14, "holdout_days": 3, "validation_days": 2, "min_days": 7,
                   "max_missing_days": 2, "min_rows": 1000, **window}
     return spec.model_copy(update={
@@ -381,9 +407,10 @@ def label_delays(rows: int, max_delay_days: int) -> np.ndarray:
 
 
 def publish_late_label_days(spec: PipelineSpec, start: dt.date, n: int, *, rows: int = 400, seed: int = 0,
-                            signal: float = 1.0) -> dict[dt.date, pd.DataFrame]:
-    """Feature partitions without labels and label files by arrival day (see :func:`label_delays`); the
-    full feature days (with their true labels) are returned, by day."""
+                            signal: float = 1.0, positives_only: bool = False) -> dict[dt.date, pd.DataFrame]:
+    """Feature partitions without labels and label files by arrival day (see :func:`label_delays`; only
+    the positives with ``positives_only``, as a chargeback feed); the full feature days (with their true
+    labels) are returned, by day."""
     key, target = spec.entity_keys[0], spec.target.name
     by_arrival: dict[dt.date, list[pd.DataFrame]] = {}
     days = {}
@@ -394,7 +421,7 @@ def publish_late_label_days(spec: PipelineSpec, start: dt.date, n: int, *, rows:
         publish_day(spec, ds, frame.assign(**{target: np.full(rows, np.nan)}))
         delays = label_delays(rows, spec.labels.max_delay_days)
         for delay in sorted(set(delays.tolist())):
-            part = frame.loc[delays == delay, [key, target]]
+            part = frame.loc[(delays == delay) & ((frame[target] == 1).to_numpy() | (not positives_only)), [key, target]]
             by_arrival.setdefault(ds + dt.timedelta(days=int(delay)), []).append(part)
     for arrived, parts in by_arrival.items():
         write_label_file(spec, arrived, pd.concat(parts, ignore_index=True))

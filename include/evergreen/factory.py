@@ -670,6 +670,13 @@ def outcomes_asset(spec: PipelineSpec) -> Asset:
     return Asset(name=f"outcomes/{spec.name}", uri=f"evergreen://{spec.name}/outcomes", group="evergreen")
 
 
+def _absent_label_doc(spec: PipelineSpec) -> str:
+    if spec.labels is None or spec.labels.absent_label is None:
+        return ""
+    return (f"\nThe feed reports only the other labels: a row without one {spec.labels.max_delay_days} days after its "
+            f"prediction day takes `{spec.labels.absent_label}`, and a day counts only once that window has closed.\n")
+
+
 def build_outcomes_dag(spec: PipelineSpec) -> DAG | None:
     """``<spec>_outcomes`` (specs with ``labels:``): late labels in, joined to the predictions, realized
     performance out; daily and whenever the drift monitor has written new predictions."""
@@ -687,8 +694,9 @@ def build_outcomes_dag(spec: PipelineSpec) -> DAG | None:
 Labels arrive on their own, one file per arrival day at `{labels.source.path}`, up to {labels.max_delay_days}
 days after the prediction day. Each run (day `ds`):
 
-1. `ingest_labels`: validates and publishes the label files of arrival days `ds - {labels.max_delay_days}` .. `ds`
-   to `labels/{spec.name}/ds=...` (bad files fail the run without retry, quarantined with the reason);
+1. `ingest_labels`: validates and publishes the label files of arrival days `ds - {labels.max_delay_days}` .. `ds`,
+   and of any arrival day since the newest published one (a first run, an outage), to `labels/{spec.name}/ds=...`
+   (bad files fail the run without retry, quarantined with the reason);
 2. `join_outcomes`: joins the labels known as of `ds` to the stored predictions (champion and shadow
    challenger) of every day still inside the delay window, into `outcomes/{spec.name}/ds=...`, and rewrites
    the realized-performance report `reports/performance/{spec.name}/report.html`; emits `outcomes/{spec.name}`;
@@ -698,7 +706,7 @@ days after the prediction day. Each run (day `ds`):
 The rule: the first label to arrive for a key wins; later identical ones are duplicates, later different ones
 contradictory (both counted, ignored); a label arriving more than {labels.max_delay_days} days after its
 prediction day is late (counted, never used). Training as of a day sees only the labels arrived by then.
-""",
+{_absent_label_doc(spec)}""",
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable(spec.drift.monitor_cron, timezone=spec.schedule.timezone),
             assets=[drift_reports_asset(spec)],

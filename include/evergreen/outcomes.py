@@ -9,7 +9,10 @@ each a transaction keyed by a day:
 * :class:`LabelBook` is what is known as of a day A: every label that arrived by A, one per key. **The
   rule**: the first label to arrive for a key wins (ties: file order); a later identical one is a
   *duplicate*, a later different one is *contradictory*; both are counted and ignored. A label that
-  arrived more than ``max_delay_days`` after the prediction day is *late*: counted, never used. Training
+  arrived more than ``max_delay_days`` after the prediction day is *late*: counted, never used. With
+  ``labels.absent_label`` (a feed of positives only, such as chargebacks) a day's rows without a label
+  take that label once the day has *matured* (its delay window closed); before, none of its labels
+  count, since the positives alone are a biased sample. Training
   as of A joins the book as of A, so no label from after A can leak into a model;
 * :func:`run_outcomes` joins the stored predictions of every day still inside the delay window (and of
   the day whose window closed the day before: its last rewrite, counting labels one day late) to the
@@ -142,13 +145,12 @@ def read_label_day(spec: PipelineSpec, arrived: dt.date) -> tuple[pd.DataFrame, 
     return out, sources
 
 
-def publish_label_day(spec: PipelineSpec, arrived: dt.date) -> dict[str, Any] | None:
-    """Validate and publish the labels of one arrival day (unchanged sources: the existing partition)."""
+def publish_label_day(spec: PipelineSpec, arrived: dt.date) -> dict[str, Any]:
+    """Validate and publish the labels of one arrival day (unchanged sources: the existing partition). A
+    day without a file is published empty: the record that it was looked at (see :meth:`LabelBook.matured`)."""
     directory = storage.partition_dir(layout.LABELS, spec.name, arrived)
     read = read_label_day(spec, arrived)
-    if read is None:
-        return None
-    frame, sources = read
+    frame, sources = read if read is not None else (_no_labels(spec), [])
     existing = storage.read_manifest(directory)
     if existing and existing.get("sources") == sources:
         return {"ds": arrived.isoformat(), "rows": existing["rows"], "content_sha256": existing["content_sha256"],
@@ -165,12 +167,28 @@ def publish_label_day(spec: PipelineSpec, arrived: dt.date) -> dict[str, Any] | 
             "written": True}
 
 
+def _no_labels(spec: PipelineSpec) -> pd.DataFrame:
+    import pandas as pd
+
+    columns = {key: pd.Series(dtype="str") for key in spec.label_keys}
+    columns[LABEL] = pd.Series(dtype="float64")
+    if spec.labels.event_time:
+        columns[EVENT_DAY] = pd.Series(dtype="str")
+    columns[ROW] = pd.Series(dtype="int64")
+    return pd.DataFrame(columns)
+
+
 def ingest_labels(spec: PipelineSpec, through: dt.date) -> list[dict[str, Any]]:
     """Publish the label files of the arrival days ``through - max_delay_days .. through`` (a file that
-    landed late for an earlier day is picked up by any run whose delay window still covers that day)."""
+    landed late for an earlier day is picked up by any run whose delay window still covers that day), and
+    of every arrival day since the newest published one: after an outage or on the first run (from the
+    spec's ``start_date``) no arrival day is skipped."""
     _require_labels(spec)
-    days = [through - dt.timedelta(days=i) for i in range(spec.labels.max_delay_days, -1, -1)]
-    return [p for p in (publish_label_day(spec, day) for day in days) if p is not None]
+    open_from = through - dt.timedelta(days=spec.labels.max_delay_days)
+    published = [day for day in storage.list_partitions(layout.LABELS, spec.name) if day <= through]
+    first = min(open_from, max(published) + dt.timedelta(days=1) if published else spec.schedule.start_date)
+    days = [first + dt.timedelta(days=i) for i in range((through - first).days + 1)]
+    return [publish_label_day(spec, day) for day in days]
 
 
 # ------------------------------------------------------------------------------------------ label book
@@ -210,6 +228,14 @@ class LabelBook:
                    digest=labels_digest(partitions), duplicates=same, contradictory=len(repeats) - same,
                    arrival_days=[d.isoformat() for d in sorted(partitions)])
 
+    def matured(self, ds: dt.date) -> bool:
+        """Prediction day ``ds``'s delay window has closed by the book's day and every arrival day in it was
+        ingested (an arrival day without a file is published empty): all its labels are known."""
+        last = ds + dt.timedelta(days=self.spec.labels.max_delay_days)
+        ingested = set(self.arrival_days)
+        return last <= self.as_of and all((ds + dt.timedelta(days=i)).isoformat() in ingested
+                                          for i in range((last - ds).days + 1))
+
     def attach(self, frame: pd.DataFrame, ds: dt.date) -> tuple[pd.DataFrame, dict[str, int]]:
         """``frame`` (rows of prediction day ``ds``) with the target filled from the labels that arrived
         within the delay (NaN otherwise) and ``label_arrived``; and the counts (labelled, late)."""
@@ -224,6 +250,13 @@ class LabelBook:
         late = (joined[ARRIVED].notna() & (joined[ARRIVED] > deadline)).to_numpy()
         joined.loc[late, LABEL] = float("nan")
         joined.loc[late, ARRIVED] = None
+        absent = spec.absent_label_value
+        if absent is not None:
+            if self.matured(ds):  # no label by the deadline: the absent label
+                joined[LABEL] = joined[LABEL].fillna(absent)
+            else:  # the positives alone are not a sample of the day: nothing counts yet
+                joined[LABEL] = float("nan")
+                joined[ARRIVED] = None
         joined = joined.rename(columns={LABEL: spec.target.name})
         joined.index = frame.index
         counts = {"rows": len(frame), "labelled": int(joined[spec.target.name].notna().sum()), "late": int(late.sum())}

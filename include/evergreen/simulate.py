@@ -436,12 +436,18 @@ def label_arrivals(spec: PipelineSpec, ds: dt.date, keys: pd.Series) -> np.ndarr
 
 def land_labels(spec: PipelineSpec, ds: dt.date, frame: pd.DataFrame) -> list[str]:
     """The labels of prediction day ``ds`` as the files they arrive in: one file per arrival day,
-    ``from-<ds>.parquet`` in that day's folder (the label source's path is a glob over those files)."""
+    ``from-<ds>.parquet`` in that day's folder (the label source's path is a glob over those files).
+    With ``labels.absent_label`` the feed reports only the other labels (a chargeback feed: the frauds)."""
     assert spec.labels is not None
     column = spec.label_column
+    if spec.absent_label_value is not None:
+        from evergreen.outcomes import label_values
+
+        frame = frame[(label_values(spec, frame[spec.target.name]) != spec.absent_label_value).to_numpy()]
     arrivals = label_arrivals(spec, ds, frame[spec.entity_keys[0]])
     written = []
-    for delay in sorted(set(arrivals.tolist())):
+    # A file for every arrival day a label could have (empty or not): landing a day again replaces them all.
+    for delay in range(spec.labels.max_delay_days + 4):
         part = frame.loc[arrivals == delay, [*spec.label_keys, spec.target.name]].rename(
             columns={spec.target.name: column}).reset_index(drop=True)
         arrived = (ds + dt.timedelta(days=int(delay))).isoformat()

@@ -331,13 +331,19 @@ class LabelsSpec(_Model):
     keys the labels join on (default: all of ``entity_keys``); ``column``: the label column (default: the
     target's name, read with the target's ``positive_label`` mapping); ``event_time``: a timestamp column
     naming the event's day, for keys that repeat across days. A label counts for a prediction day only if
-    it arrived within ``max_delay_days`` of it; training as of day A sees the labels arrived by A."""
+    it arrived within ``max_delay_days`` of it; training as of day A sees the labels arrived by A.
+
+    ``absent_label``: the label of a row for which none arrived within ``max_delay_days`` (a chargeback
+    feed reports fraud only: ``absent_label: 0``). A day's labels then count only once its delay window
+    has closed (it has *matured*): before that, the labels known are the positives alone, a biased sample
+    that no model may train or be judged on."""
 
     source: SourceSpec
     keys: list[ColumnName] | None = None
     column: ColumnName | None = None
     event_time: ColumnName | None = None
     max_delay_days: int = Field(default=7, ge=0, le=366)
+    absent_label: StrictInt | StrictFloat | str | None = None
 
     @model_validator(mode="after")
     def _daily(self) -> LabelsSpec:
@@ -423,7 +429,32 @@ class PipelineSpec(_Model):
             stray = sorted(set(self.label_keys) - set(self.entity_keys))
             if stray:
                 raise ValueError(f"labels.keys must be entity keys, not {stray}")
+            if self.labels.absent_label is not None and self.absent_label_value is None:
+                raise ValueError(f"labels.absent_label {self.labels.absent_label!r} is not a label the target "
+                                 f"{self.target.name!r} can hold")
         return self
+
+    @property
+    def absent_label_value(self) -> float | None:
+        """``labels.absent_label`` as the number training sees, by the target's mapping (None: unset, or
+        not a label the target can hold)."""
+        if self.labels is None or self.labels.absent_label is None:
+            return None
+        from evergreen.etl.labels import label_text
+
+        text, target = label_text(self.labels.absent_label), self.target
+        if self.task_type == TaskType.BINARY_CLASSIFICATION:
+            if target.positive_label is None:
+                return {"0": 0.0, "1": 1.0}.get(text)
+            if text == label_text(target.positive_label):
+                return 1.0
+            return 0.0 if target.negative_label is None or text == label_text(target.negative_label) else None
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        inside = (target.min is None or value >= target.min) and (target.max is None or value <= target.max)
+        return value if inside else None
 
     @property
     def label_keys(self) -> list[str]:

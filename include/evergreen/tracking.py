@@ -64,6 +64,7 @@ class Tag:
     AS_OF = "evergreen.as_of"
     DATA_DIGEST = "evergreen.data_digest"
     PARTITIONS = "evergreen.partitions"
+    LABELS_AS_OF = "evergreen.labels_as_of"  # late labels: the day whose label book the run trained on
     CODE_VERSION = "evergreen.code_version"
     ROLE = "evergreen.role"  # challenger | baseline
     CHALLENGER_RUN_ID = "evergreen.challenger_run_id"  # on the baseline run
@@ -408,6 +409,7 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
         Tag.AS_OF: window.as_of.isoformat(),
         Tag.DATA_DIGEST: window.data_digest,
         Tag.PARTITIONS: window.partitions_summary,
+        **({Tag.LABELS_AS_OF: window.labels_as_of.isoformat()} if window.labels_as_of else {}),
         Tag.CODE_VERSION: code_version(),
         **lineage_tags(lineage),
     }

@@ -14,11 +14,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, spec_dag_ids
 
-SPECS = ("fraud", "delivery_eta")
-KINDS = ("feature_etl", "training", "rollback", "drift_monitor", "drift_sensor", "backtest")
-ALL_DAGS = sorted(f"{spec}_{kind}" for spec in SPECS for kind in KINDS)
+ALL_DAGS = sorted([*spec_dag_ids("fraud"), *spec_dag_ids("delivery_eta")])
 # boto3 is absent on purpose: Airflow itself imports it when an Asset is built (the amazon provider's
 # URI normaliser), whatever the DAG does.
 HEAVY_MODULES = ["pandas", "numpy", "pyarrow", "xgboost", "mlflow", "great_expectations", "sklearn", "scipy",

@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 
 START = dt.date(2026, 10, 1)
 AS_OF = dt.date(2026, 10, 21)  # three weeks of data
-TRAIN_END = AS_OF - dt.timedelta(days=3)  # last day before the holdout
+SETTLED = AS_OF - dt.timedelta(days=3)  # the newest day whose chargebacks are all in (labels.max_delay_days)
+TRAIN_END = SETTLED - dt.timedelta(days=3)  # last day before the holdout
 
 
 def _train(as_of: dt.date, **conf):
@@ -40,7 +41,8 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
     assert first["version"] == "1" and registry.alias_version(client, "fraud", "champion") == "1"
     version = client.get_model_version("fraud", "1")
     tags = version.tags
-    window_days = sorted(storage.list_partitions("features", "fraud"))
+    window_days = sorted(ds for ds in storage.list_partitions("features", "fraud") if ds <= SETTLED)
+    assert window_days[-1] == SETTLED  # the younger days wait for their chargebacks
     assert tags["evergreen.data_digest"] and tags["evergreen.as_of"] == AS_OF.isoformat()
     assert tags["evergreen.partitions"].startswith(f"{window_days[0]}..{window_days[-1]}")
     assert tags["evergreen.gates_passed"] == "true"
@@ -48,6 +50,7 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
     run_tags = client.get_run(version.run_id).data.tags
     assert run_tags["evergreen.airflow.dag_id"] == "fraud_training"
     assert run_tags["evergreen.reason"] == "manual"
+    assert run_tags["evergreen.labels_as_of"] == AS_OF.isoformat()
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
     assert "reference_profile.json" in artifacts
     profile = json.loads(Path(mlflow.artifacts.download_artifacts(

@@ -28,7 +28,9 @@ def test_the_label_book_rules(storage_root: Path) -> None:
                                                                      "is_fraud": [1, 1, 1]}))
     write_label_file(spec, ds + dt.timedelta(days=3), pd.DataFrame({"transaction_id": ["d"], "is_fraud": [0]}))  # late
     published = outcomes.ingest_labels(spec, ds + dt.timedelta(days=3))
-    assert [p["ds"] for p in published] == [(ds + dt.timedelta(days=i)).isoformat() for i in (1, 3)]
+    # The first run catches up from the spec's start; a day without a file is published empty (looked at).
+    assert [(p["ds"], p["rows"]) for p in published] == [
+        ((ds + dt.timedelta(days=i)).isoformat(), rows) for i, rows in enumerate((2, 3, 0, 1))]
     outcomes.ingest_labels(spec, ds + dt.timedelta(days=1))  # the first arrival day, still in its window
     book = outcomes.LabelBook.load(spec, ds + dt.timedelta(days=3))
     assert (book.duplicates, book.contradictory) == (1, 1)
@@ -50,7 +52,7 @@ def test_bad_label_files_are_refused_and_quarantined(storage_root: Path) -> None
     assert "1 rows with a label 'is_fraud' outside {0, 1} (first at row 2)" in str(err.value)  # a binary target
     report = json.loads((storage_root / layout.label_quarantine(spec.name, START) / "validation.json").read_text())
     assert report["success"] is False and len(report["failures"]) == 3
-    assert storage.list_partitions(layout.LABELS, spec.name) == {}
+    assert START not in storage.list_partitions(layout.LABELS, spec.name)  # the days before it are published
 
 
 def test_training_joins_only_the_labels_arrived_by_as_of(storage_root: Path) -> None:
@@ -139,3 +141,44 @@ def test_outcomes_and_realized_performance(storage_root: Path) -> None:
     realized = outcomes.realized_metric(spec, "1", last_days=2)
     assert realized["metric"] == "roc_auc" and realized["days"] == [(START + dt.timedelta(days=i)).isoformat() for i in (2, 3)]
     assert 0.5 < realized["value"] <= 1.0
+
+
+def test_a_feed_of_positives_labels_a_day_once_it_matured(storage_root: Path) -> None:
+    """``labels.absent_label``: a chargeback feed lists the frauds only; a day's rows take 0 once every
+    arrival day of its delay window was ingested, and before that none of its labels count."""
+    spec = late_label_spec(max_delay_days=2)
+    spec = spec.model_copy(update={"labels": spec.labels.model_copy(update={"absent_label": 0})})
+    features = pd.DataFrame({"transaction_id": pd.Series(["a", "b", "c", "d"], dtype="str"), "is_fraud": [np.nan] * 4})
+    write_label_file(spec, START, pd.DataFrame({"transaction_id": ["a"], "is_fraud": [1]}))
+    write_label_file(spec, START + dt.timedelta(days=2), pd.DataFrame({"transaction_id": ["b"], "is_fraud": [1]}))
+    write_label_file(spec, START + dt.timedelta(days=3), pd.DataFrame({"transaction_id": ["c"], "is_fraud": [1]}))  # late
+    outcomes.ingest_labels(spec, START + dt.timedelta(days=1))
+    young = outcomes.LabelBook.load(spec, START + dt.timedelta(days=1))
+    joined, counts = young.attach(features, START)
+    assert not young.matured(START) and joined["is_fraud"].isna().all() and counts["labelled"] == 0  # a known fraud hidden too
+    # As of day 2, but the run of day 2 has not ingested its files yet: the window is not closed.
+    assert not outcomes.LabelBook.load(spec, START + dt.timedelta(days=2)).matured(START)
+    outcomes.ingest_labels(spec, START + dt.timedelta(days=3))
+    book = outcomes.LabelBook.load(spec, START + dt.timedelta(days=2))
+    joined, counts = book.attach(features, START)
+    assert book.matured(START) and not book.matured(START + dt.timedelta(days=1))
+    assert joined["is_fraud"].tolist() == [1.0, 1.0, 0.0, 0.0]  # c's chargeback came a day too late: legitimate
+    assert counts == {"rows": 4, "labelled": 4, "late": 0}
+
+
+def test_a_training_window_of_a_positives_feed_ends_at_the_matured_days(storage_root: Path) -> None:
+    spec = late_label_spec(max_delay_days=3, min_days=5)
+    spec = spec.model_copy(update={"labels": spec.labels.model_copy(update={"absent_label": 0})})
+    days = publish_late_label_days(spec, START, 14, positives_only=True)
+    as_of = START + dt.timedelta(days=13)
+    outcomes.ingest_labels(spec, as_of)
+    window = select_window(spec, as_of)
+    assert window.partitions[-1] == as_of - dt.timedelta(days=3) and window.missing_days == []  # the young ones wait
+    trained = fit_challenger(spec, window)
+    holdout = trained.holdout.frame
+    assert len(holdout) == 400 * len(window.holdout_days)  # every row labelled: frauds, and 0 for the rest
+    truth = pd.concat(days[ds] for ds in window.holdout_days).set_index("transaction_id")["is_fraud"]
+    on_time = holdout.set_index("transaction_id")["is_fraud"]
+    late = label_delays(400, 3) > 3
+    assert int((on_time != truth.loc[on_time.index]).sum()) == int(sum(
+        (days[ds]["is_fraud"].to_numpy() == 1)[late].sum() for ds in window.holdout_days))  # the late frauds only

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from evergreen import simulate
 from evergreen.spec import FeatureType, SourceSpec, get_spec
+from helpers import same_day_spec
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -29,7 +30,7 @@ def storage_root(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def fraud():
-    return get_spec("fraud")
+    return same_day_spec("fraud")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def local_path(uri: str) -> Path:
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_land_days_is_deterministic_and_inclusive(name, storage_root):
-    spec = get_spec(name)
+    spec = same_day_spec(name)
     end = START + dt.timedelta(days=2)
     uris = simulate.land_days(spec, START, end, seed=7)
     assert len(uris) == 3
@@ -111,7 +112,7 @@ def test_parquet_and_csv_files_read_back(fraud, delivery):
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_generated_day_respects_the_spec(name):
-    spec = get_spec(name)
+    spec = same_day_spec(name)
     frame = days(spec, 0, 2)
     day_one = simulate.generate_day(spec, START)
     assert list(day_one.columns) == spec.raw_columns
@@ -318,3 +319,23 @@ def test_bad_inputs_raise(fraud):
         simulate.land_days(fraud, START, START - dt.timedelta(days=1))
     with pytest.raises(ValueError, match="drift kind"):
         simulate.land_days(fraud, START, START, drift="bogus", drift_start=START)
+
+
+def test_the_shipped_fraud_spec_lands_a_chargeback_feed(storage_root):
+    """Raw days without the target; per arrival day, the frauds whose chargeback came that day."""
+    spec = get_spec("fraud")
+    assert spec.labels.absent_label == 0
+    end = START + dt.timedelta(days=4)
+    uris = simulate.land_days(spec, START, end, seed=3)
+    truth = pd.concat(simulate.generate_day(same_day_spec("fraud"), START + dt.timedelta(days=i), seed=3)
+                      for i in range(5))
+    raw_days = [u for u in uris if "/raw/fraud/" in u]
+    assert len(raw_days) == 5 and "is_fraud" not in pd.read_parquet(local_path(raw_days[0])).columns
+    feed = pd.concat(pd.read_parquet(local_path(u)).assign(arrived=local_path(u).parent.name[3:])
+                     for u in uris if "/raw/fraud_chargebacks/" in u)
+    frauds = truth.loc[truth["is_fraud"] == 1, "transaction_id"]
+    assert set(feed["transaction_id"]) == set(frauds) and (feed["is_fraud"] == 1).all()  # no legitimate rows
+    made = truth.set_index("transaction_id")["event_ts"].dt.date.astype("str")
+    delay = (pd.to_datetime(feed["arrived"]) - pd.to_datetime(made.loc[feed["transaction_id"]].to_numpy())).dt.days
+    assert delay.min() == 0 and set(delay) <= set(range(7))
+    assert 0 < (delay > spec.labels.max_delay_days).mean() < 0.12  # a few chargebacks come too late

@@ -25,10 +25,11 @@ from helpers import (
     bad_timestamp_outside_day,
     bad_unknown_category,
     bad_wrong_type,
+    same_day_spec,
 )
 
 DAY = dt.date(2026, 11, 1)
-FRAUD = get_spec("fraud")
+FRAUD = same_day_spec("fraud")  # the target's own expectations are part of the screen
 ETA = get_spec("delivery_eta")
 
 

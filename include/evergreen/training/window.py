@@ -121,9 +121,13 @@ def select_window(spec: PipelineSpec, as_of: dt.date, window_days: int | None = 
 
     history_start = min([spec.schedule.start_date, *present[:1]])
     expected_from = max(start, history_start)
+    # A feed of positives only (labels.absent_label) labels a day once it matured: the newer days are
+    # expected to be unlabelled, not missing.
+    expected_until = as_of - dt.timedelta(days=spec.labels.max_delay_days) if spec.absent_label_value is not None \
+        else as_of
     missing = [
         expected_from + dt.timedelta(days=i)
-        for i in range((as_of - expected_from).days + 1)
+        for i in range((expected_until - expected_from).days + 1)
         if expected_from + dt.timedelta(days=i) not in rows_by_day
     ]
     rows = sum(rows_by_day.values())
