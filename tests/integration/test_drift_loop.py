@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from evergreen import monitoring
 from evergreen.spec import get_spec
-from helpers import running_stack
+from helpers import land_and_etl, running_stack
 
 from devtools import demo
 from devtools.localstack import LocalStack
@@ -28,7 +28,8 @@ DRIFT_START = AS_OF + dt.timedelta(days=1)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with running_stack(tmp_path_factory.mktemp("loop"),
-                       [demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG], unpause=True) as local:
+                       [demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG, demo.OUTCOMES_DAG],
+                       unpause=True) as local:
         yield local
 
 
@@ -37,16 +38,9 @@ def _training_runs(stack: LocalStack) -> dict[str, dict]:
 
 
 def test_drift_triggers_exactly_one_retrain_then_cooldown(stack: LocalStack) -> None:
-    from evergreen.etl.ingest import run_feature_etl
-    from evergreen.simulate import land_days
-
     storage = Path(os.environ["EVERGREEN_STORAGE_ROOT"])
-    # Three weeks of normal history (ETL in-process: the scheduler's backfill has its own test).
-    land_days(FRAUD, START, AS_OF, seed=demo.SEED)
-    day = START
-    while day <= AS_OF:
-        run_feature_etl(FRAUD, day)
-        day += dt.timedelta(days=1)
+    # Three weeks of normal history and its chargebacks (in-process: the scheduler's backfill has its own test).
+    land_and_etl(FRAUD, START, AS_OF, seed=demo.SEED)
 
     champion = demo.run_and_wait(stack, demo.TRAINING_DAG, {"as_of": AS_OF.isoformat(), "window_days": 21})
     assert champion["state"] == "success"
@@ -101,3 +95,28 @@ def test_drift_triggers_exactly_one_retrain_then_cooldown(stack: LocalStack) -> 
     assert [k for k in _training_runs(stack) if k not in before] == [expected_run_id]
     kinds = [e["decision"] for e in monitoring.trigger_ledger(FRAUD) if e["drift_detected"]]
     assert kinds.count("triggered") == 1 and "cooldown" in kinds
+
+
+def test_a_late_label_day_as_the_demo_plays_it(stack: LocalStack) -> None:
+    """After the loop above: a played day is predicted first, waits for its chargebacks, then its outcome
+    and realized performance appear once its 3-day window has closed (outcomes runs on the data clock)."""
+    storage = Path(os.environ["EVERGREEN_STORAGE_ROOT"])
+
+    def outcome(ds: dt.date) -> dict:
+        return json.loads((storage / "outcomes" / "fraud" / f"ds={ds}" / "_manifest.json").read_text())
+
+    joined = demo.take_outcomes(stack, DRIFT_START + dt.timedelta(days=1))
+    assert joined["as_of"] == (DRIFT_START + dt.timedelta(days=1)).isoformat()
+    waiting = outcome(DRIFT_START)
+    assert waiting["labelled_rows"] == 0 and waiting["models"]["champion"]["rows"] > 0  # predicted, no label yet
+    settled = outcome(AS_OF - dt.timedelta(days=2))  # its window closed: every row labelled, frauds or not
+    assert settled["labelled_rows"] == settled["models"]["champion"]["rows"] > 0
+    assert 0.5 < settled["models"]["champion"]["metrics"]["roc_auc"] <= 1.0
+
+    closing = demo.take_outcomes(stack, DRIFT_START + dt.timedelta(days=3))
+    matured = outcome(DRIFT_START)
+    assert matured["labelled_rows"] == matured["models"]["champion"]["rows"]
+    assert matured["labels_as_of"] == closing["as_of"] and matured["models"]["champion"]["metrics"]["roc_auc"] > 0.5
+    report = json.loads((storage / closing["report"]).read_text())
+    assert DRIFT_START.isoformat() in {day["ds"] for day in report["days"]}
+    assert (storage / "reports" / "performance" / "fraud" / "report.html").is_file()

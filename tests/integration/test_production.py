@@ -57,8 +57,10 @@ pytestmark = [pytest.mark.production, pytest.mark.timeout(900)]
 SPEC = "fraud"
 ETL_DAG = f"{SPEC}_feature_etl"
 TRAINING_DAG = f"{SPEC}_training"
-DAYS = [dt.date(2026, 10, 1) + dt.timedelta(days=i) for i in range(12)]  # window min_days 10
-ROWS_PER_DAY = 1000  # 12 000 rows (min_rows 2000); >= 100 holdout rows per channel slice
+OUTCOMES_DAG = f"{SPEC}_outcomes"
+# window min_days 10, and the chargebacks of the last 3 days are still coming: 11 days to train on
+DAYS = [dt.date(2026, 10, 1) + dt.timedelta(days=i) for i in range(14)]
+ROWS_PER_DAY = 1000  # 11 000 rows to train on (min_rows 2000); >= 100 holdout rows per channel slice
 STARTUP_TIMEOUT = 240
 ETL_TIMEOUT = 300
 TRAINING_TIMEOUT = 240
@@ -283,7 +285,7 @@ class ProductionStack(LocalStack):
             unmatched = set(self.mapping) - self._mapped
             assert not unmatched, f"compose addresses never seen (the compose file changed?): {unmatched}"
             step = time.monotonic()
-            self.wait_dags([ETL_DAG, TRAINING_DAG], deadline)
+            self.wait_dags([ETL_DAG, TRAINING_DAG, OUTCOMES_DAG], deadline)
             self._timed("DAGs parsed", step)
             self._timed("startup", began)
         except BaseException:
@@ -469,7 +471,7 @@ def pipeline(production: ProductionStack) -> dict[str, Any]:
     assert code == 0, f"evergreen simulate failed ({code}):\n{out[-4000:]}"
     stack._timed("landing", began)
 
-    for dag_id in (ETL_DAG, TRAINING_DAG):
+    for dag_id in (ETL_DAG, OUTCOMES_DAG, TRAINING_DAG):
         assert stack.unpause(dag_id)["is_paused"] is False
     step = time.monotonic()
     etl_ids = [stack.trigger(ETL_DAG, {"ds": day.isoformat()}, run_id=f"production__{day.isoformat()}")["dag_run_id"]
@@ -477,6 +479,12 @@ def pipeline(production: ProductionStack) -> dict[str, Any]:
     etl_runs = stack.wait_runs(ETL_DAG, etl_ids, timeout=ETL_TIMEOUT)
     assert all(r["state"] == "success" for r in etl_runs), _failed_tasks(stack, ETL_DAG, etl_runs)
     stack._timed(f"{len(DAYS)} ETL runs", step)
+
+    step = time.monotonic()  # the chargeback feed published (its first run catches up from the start)
+    outcomes = stack.trigger(OUTCOMES_DAG, {"ds": DAYS[-1].isoformat()}, run_id="production__outcomes")
+    (labelled,) = stack.wait_runs(OUTCOMES_DAG, [outcomes["dag_run_id"]], timeout=ETL_TIMEOUT)
+    assert labelled["state"] == "success", _failed_tasks(stack, OUTCOMES_DAG, [labelled])
+    stack._timed("outcomes run", step)
 
     step = time.monotonic()
     conf = {"as_of": DAYS[-1].isoformat(), "window_days": len(DAYS)}
@@ -611,6 +619,9 @@ def test_pipeline_trains_and_registers_a_champion(production: ProductionStack, p
     manifests = {k for k in stack.s3_keys(f"{root}/features/{SPEC}/") if k.endswith("/_manifest.json")}
     assert manifests == {f"{root}/features/{SPEC}/ds={d.isoformat()}/_manifest.json" for d in DAYS}
     assert len(stack.s3_keys(f"{root}/raw/{SPEC}/")) == len(DAYS)
+    labels = {k for k in stack.s3_keys(f"{root}/labels/{SPEC}/") if k.endswith("/_manifest.json")}
+    assert labels == {f"{root}/labels/{SPEC}/ds={d.isoformat()}/_manifest.json" for d in DAYS}  # by arrival day
+    assert tags.get("evergreen.labels_as_of") == DAYS[-1].isoformat()
     artifacts_prefix = stack.dotenv["MLFLOW_ARTIFACTS_DESTINATION"].split("/", 3)[3].strip("/")
     artifacts = stack.s3_keys(f"{artifacts_prefix}/")
     assert any(k.endswith("/MLmodel") for k in artifacts), artifacts[:20]
