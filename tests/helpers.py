@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Generator
+import urllib.parse
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,22 @@ def running_stack(home: Path, dag_ids: list[str], *, unpause: bool = False,
             yield stack
         finally:
             stack.stop()
+
+
+def http_call(method: str, url: str, *, headers: Mapping[str, str] | None = None, body: Any = None,
+          timeout: float = 30) -> tuple[int, bytes]:
+    """A raw HTTP call (any Host header, no auth added): (status, body)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    data = json.dumps(body).encode() if body is not None else None
+    all_headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {}),
+                   **(headers or {})}
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data, headers=all_headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------------------------------------------ DAGs

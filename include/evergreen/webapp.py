@@ -51,14 +51,14 @@ def allowed(user: Any, dag_id: str, *, action: bool = False) -> bool:
 def visible_specs(user: Any) -> dict[str, Any]:
     from evergreen.spec import load_valid_specs
 
-    return {name: spec for name, spec in sorted(load_valid_specs().items()) if allowed(user, spec.dag_id("training"))}
+    return {name: spec for name, spec in sorted(load_valid_specs()[0].items()) if allowed(user, spec.dag_id("training"))}
 
 
 def spec_for(user: Any, name: str) -> Any:
     """The spec ``name`` if ``user`` may read it: 404 for no such spec, 403 without permission."""
     from evergreen.spec import load_valid_specs
 
-    spec = load_valid_specs().get(name)
+    spec = load_valid_specs()[0].get(name)
     if spec is None:
         raise HTTPException(status_code=404, detail=f"no spec {name!r}")
     if not allowed(user, spec.dag_id("training")):
@@ -198,7 +198,9 @@ def spec_page(health: dict[str, Any], base: str, can_rollback: bool) -> HTMLResp
         f"<section><h2>Latest gate report</h2>{_gates(health)}</section>"
         f"<section><h2>Drift</h2>{_drift(health, base)}</section>"
         f"<section><h2>Realized performance</h2>{_performance(health, base)}</section>"
-        f"<section><h2>Trigger ledger</h2>{_table(health['ledger'], ['ds', 'decision', 'decided_at', 'trigger_run_id', 'detail'], 'ledger')}</section>"
+        f"<section><h2>Trigger ledger</h2><p class='muted'>the sensor's decisions on drift and performance "
+        f"(days without drift are the drift table's ok rows)</p>"
+        f"{_table([e for e in health['ledger'] if e.get('decision') != 'no_drift'], ['ds', 'decision', 'decided_at', 'trigger_run_id', 'detail'], 'ledger')}</section>"
         f"<section><h2>Decisions</h2>{_table(health['decisions'], ['decided_at', 'kind', 'version', 'champion_before', 'champion_after', 'actor'], 'decisions')}</section>"
         f"{rollback}{ROLLBACK_SCRIPT}")
     return _page(f"Evergreen: {health['spec']}", body)
@@ -219,7 +221,7 @@ def create_app() -> FastAPI:
         for name, spec in visible_specs(user).items():
             champion = registry.alias_version(registry._client(), spec.registered_model_name, "champion")
             rows.append(f"<tr><td><a href='{PREFIX}/specs/{name}'>{html.escape(name)}</a></td>"
-                        f"<td>{html.escape(spec.description)}</td><td>v{_fmt(champion)}</td></tr>")
+                        f"<td>{html.escape(spec.description)}</td><td>{'v' + champion if champion else _fmt(None)}</td></tr>")
         table = ("<table id='specs'><tr><th>spec</th><th>description</th><th>champion</th></tr>"
                  + "".join(rows) + "</table>") if rows else "<p class='muted'>no spec you may see</p>"
         return _page("Evergreen", f"<h1>Evergreen</h1>{table}<p><a href='{PREFIX}/metrics'>metrics</a></p>")

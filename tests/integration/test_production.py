@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import http.client
 import json
 import os
 import random
@@ -48,6 +47,7 @@ from compose_config import (
     service_environment,
     unescape,
 )
+from helpers import http_call
 
 from devtools.database import EmbeddedPostgres
 from devtools.localstack import LocalStack, StackError, free_port, tail
@@ -84,22 +84,6 @@ def _empty_redis_db() -> int:
         if client.dbsize() == 0:
             return index
     raise RuntimeError("no empty Redis database index in 1..15 on 127.0.0.1:6379")
-
-
-def _http(method: str, url: str, *, headers: Mapping[str, str] | None = None, body: Any = None,
-          timeout: float = 30) -> tuple[int, bytes]:
-    """A raw HTTP call (any Host header, no auth added): (status, body)."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    data = json.dumps(body).encode() if body is not None else None
-    all_headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {}),
-                   **(headers or {})}
-    try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=data, headers=all_headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def _run_group(argv: list[str], *, env: Mapping[str, str], cwd: Path, timeout: float,
@@ -377,7 +361,7 @@ class ProductionStack(LocalStack):
         if auth is not None:
             headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        status, raw = _http(method, f"http://{self.mlflow_host()}{endpoint}{query}", headers=headers, body=body)
+        status, raw = http_call(method, f"http://{self.mlflow_host()}{endpoint}{query}", headers=headers, body=body)
         return status, json.loads(raw) if raw.strip().startswith(b"{") else raw
 
     def mlflow_get(self, endpoint: str, **params: str) -> tuple[int, Any]:
@@ -506,11 +490,11 @@ def test_unauthenticated_rest_calls_are_refused(production: ProductionStack) -> 
     for method, path in (("GET", "/api/v2/dags"), ("GET", "/api/v2/connections"), ("GET", "/api/v2/variables"),
                          ("POST", f"/api/v2/dags/{TRAINING_DAG}/dagRuns"), ("GET", "/api/v2/config")):
         for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": f"Bearer {forged}"}):
-            status, _ = _http(method, base + path, headers=headers, body={} if method == "POST" else None)
+            status, _ = http_call(method, base + path, headers=headers, body={} if method == "POST" else None)
             assert status in (401, 403), (method, path, headers.keys(), status)
     # Default passwords do not log in; the generated one does.
     for password in ("admin", "airflow", "password"):
-        status, _ = _http("POST", f"{base}/auth/token", body={"username": production.username, "password": password})
+        status, _ = http_call("POST", f"{base}/auth/token", body={"username": production.username, "password": password})
         assert status in (400, 401, 403), (password, status)
     assert production.password.lower() not in {"admin", "airflow", "password"} and len(production.password) >= 24
     assert production.token()
@@ -535,11 +519,11 @@ def test_mlflow_server_rejects_foreign_host_headers(production: ProductionStack)
     url = f"http://{production.mlflow_host()}/api/2.0/mlflow/experiments/search?max_results=1"
     user, password = production.mlflow_credentials()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-    status, body = _http("GET", url, headers={"Host": "evil.example.com", **auth})
+    status, body = http_call("GET", url, headers={"Host": "evil.example.com", **auth})
     assert status == 403, (status, body[:200])
-    status, body = _http("GET", url, headers={"Host": "evil.example.com:5000", **auth})
+    status, body = http_call("GET", url, headers={"Host": "evil.example.com:5000", **auth})
     assert status == 403, (status, body[:200])
-    status, body = _http("GET", url, headers=auth)  # Host: the address the workers use (allowed)
+    status, body = http_call("GET", url, headers=auth)  # Host: the address the workers use (allowed)
     assert status == 200, (status, body[:300])
 
 
