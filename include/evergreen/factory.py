@@ -289,7 +289,9 @@ after it), holdout = the last {window.holdout_days} days, validation = the {wind
    re-scored on the same holdout** (primary metric `{metric}`), per-slice checks on `{spec.gates.slice_feature}`;
 4. `promote_if_better`: rejected candidates are not registered (the run still succeeds: a rejection is a
    valid outcome, see the task's return value); passing ones get `challenger`, and become `champion`
-   (old one -> `previous_champion`) only when they beat it (compare-and-set).
+   (old one -> `previous_champion`) only when they beat it (compare-and-set);
+5. `branch_on_decision`: the grid shows the decision, as the one outcome task that runs: `promoted`,
+   `registered_challenger`, `rejected` or `dry_run` (the others are skipped).
 
 Trigger with the form: `as_of`, `window_days`, `reason`, `drift_report`, `dry_run` (evaluate only).
 Every decision is in `models/{spec.name}/decisions/` in storage and tagged on the model version.
@@ -371,6 +373,17 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
         trained = train_challenger(assemble_training_set())
         report = evaluate_gates(trained)
         promoted = promote_if_better(trained, report)
+
+        # The decision as a path in the grid: one outcome task runs, the others are skipped.
+        @task.branch(retries=0)
+        def branch_on_decision(decision: dict[str, Any]) -> str:
+            return DECISION_OUTCOMES[decision["kind"]]
+
+        from airflow.providers.standard.operators.empty import EmptyOperator
+
+        branch = branch_on_decision(promoted)
+        for outcome in sorted(set(DECISION_OUTCOMES.values())):
+            branch >> EmptyOperator(task_id=outcome, doc_md=OUTCOME_DOCS[outcome], retries=0)
         if approval_mode:
             from airflow.providers.standard.operators.hitl import HITLOperator
 
@@ -392,6 +405,16 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
 
 
 APPROVE, REJECT = "Approve", "Reject"
+# The decision kinds of ``promote_if_better`` and the outcome task each one runs in the training DAG.
+DECISION_OUTCOMES = {"promoted": "promoted", "registered": "registered_challenger",
+                     "shadowing": "registered_challenger", "rejected": "rejected", "dry_run": "dry_run"}
+OUTCOME_DOCS = {
+    "promoted": "The candidate is the new champion (the old one is previous_champion).",
+    "registered_challenger": "The candidate passed the gates and is registered as challenger; the champion "
+                             "stays (it did not beat it, or it is judged in shadow on realized outcomes).",
+    "rejected": "The candidate failed a gate (or a person rejected it): nothing changed in the registry.",
+    "dry_run": "A dry run: evaluated only, the registry untouched.",
+}
 
 
 def _approval(ti: Any) -> dict[str, Any] | None:
@@ -550,7 +573,8 @@ def build_drift_sensor_dag(spec: PipelineSpec) -> DAG:
         doc_md=f"""
 ### Drift sensor for `{spec.name}`
 
-Every `{spec.schedule.drift_sensor_cron}`: a sensor in **reschedule mode** (no worker slot held while waiting)
+After every drift-monitor run (asset `drift_reports/{spec.name}`) and every `{spec.schedule.drift_sensor_cron}`
+(catch-up, and outcomes that change without a new report): a sensor in **reschedule mode** (no worker slot held while waiting)
 looks for drift reports without a trigger-ledger entry, then `decide_retrain` records one decision per report
 in `models/{spec.name}/drift_triggers/`:
 
@@ -560,7 +584,10 @@ in `models/{spec.name}/drift_triggers/`:
   with late labels, the champion's realized metric is decided the same way), the report and
   `as_of` = the report's day, under the run id `drift__<ds>__<report sha>`: one report, at most one retrain.
 """,
-        schedule=CronTriggerTimetable(spec.schedule.drift_sensor_cron, timezone=spec.schedule.timezone),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(spec.schedule.drift_sensor_cron, timezone=spec.schedule.timezone),
+            assets=[drift_reports_asset(spec)],
+        ),
         max_active_runs=1,
         **_dag_defaults(spec, "monitoring", timeout_minutes=15),
     )

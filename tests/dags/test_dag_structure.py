@@ -20,7 +20,8 @@ KINDS = DAG_KINDS
 TASKS = {
     "feature_etl": {"wait_for_raw_partition", "validate_raw_partition", "build_feature_partition",
                     "publish_feature_partition"},
-    "training": {"assemble_training_set", "train_challenger", "evaluate_gates", "promote_if_better"},
+    "training": {"assemble_training_set", "train_challenger", "evaluate_gates", "promote_if_better",
+                 "branch_on_decision", "promoted", "registered_challenger", "rejected", "dry_run"},
     "rollback": {"rollback_champion"},
     "drift_monitor": {"find_unreported_partitions", "monitor_partitions", "announce_drift_reports"},
     "drift_sensor": {"wait_for_unacted_drift_reports", "decide_retrain", "retrain_needed", "trigger_retrain"},
@@ -38,6 +39,8 @@ EDGES = {
         ("train_challenger", "evaluate_gates"),
         ("evaluate_gates", "promote_if_better"),
         ("train_challenger", "promote_if_better"),
+        ("promote_if_better", "branch_on_decision"),
+        *(("branch_on_decision", outcome) for outcome in ("promoted", "registered_challenger", "rejected", "dry_run")),
     },
     "rollback": set(),
     "drift_monitor": {
@@ -57,7 +60,8 @@ EDGES = {
 RETRIES = {
     "feature_etl": {"wait_for_raw_partition": 0, "validate_raw_partition": 2, "build_feature_partition": 2,
                     "publish_feature_partition": 2},
-    "training": {"assemble_training_set": 1, "train_challenger": 2, "evaluate_gates": 2, "promote_if_better": 0},
+    "training": {"assemble_training_set": 1, "train_challenger": 2, "evaluate_gates": 2, "promote_if_better": 0,
+                 "branch_on_decision": 0, "promoted": 0, "registered_challenger": 0, "rejected": 0, "dry_run": 0},
     "rollback": {"rollback_champion": 0},
     "drift_monitor": {"find_unreported_partitions": 2, "monitor_partitions": 2, "announce_drift_reports": 2},
     "drift_sensor": {"wait_for_unacted_drift_reports": 0, "decide_retrain": 0, "retrain_needed": 0,
@@ -173,9 +177,10 @@ def test_schedules(spec_dags: tuple[str, dict]) -> None:
     assert type(monitor.asset_condition) is AssetAll
     assert list(monitor.asset_condition.objects) == [features(name)]
 
-    sensor = dags[f"{name}_drift_sensor"].timetable
-    assert type(sensor) is CronTriggerTimetable
-    assert sensor == CronTriggerTimetable(sensor_cron, timezone="UTC")
+    sensor = dags[f"{name}_drift_sensor"].timetable  # consumes the monitor's reports: an edge in the asset graph
+    assert type(sensor) is AssetOrTimeSchedule
+    assert sensor.timetable == CronTriggerTimetable(sensor_cron, timezone="UTC")
+    assert list(sensor.asset_condition.objects) == [drift_reports(name)]
 
 
 def test_asset_outlets(spec_dags: tuple[str, dict]) -> None:

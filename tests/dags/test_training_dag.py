@@ -21,10 +21,19 @@ SETTLED = AS_OF - dt.timedelta(days=3)  # the newest day whose chargebacks are a
 TRAIN_END = SETTLED - dt.timedelta(days=3)  # last day before the holdout
 
 
+OUTCOME_TASKS = {"promoted": "promoted", "registered": "registered_challenger", "rejected": "rejected",
+                 "dry_run": "dry_run"}
+
+
 def _train(as_of: dt.date, **conf):
     run = run_dag("fraud_training", as_of, conf={"window_days": 21, **conf})
-    assert str(run.state) == "success", task_states(run)
-    return run, xcom_value(run, "promote_if_better")
+    states = task_states(run)
+    assert str(run.state) == "success", states
+    decision = xcom_value(run, "promote_if_better")
+    # The grid shows the decision: its outcome task ran, the other outcomes were skipped.
+    assert {task: states[task] for task in OUTCOME_TASKS.values()} == {
+        task: "success" if task == OUTCOME_TASKS[decision["kind"]] else "skipped" for task in OUTCOME_TASKS.values()}
+    return run, decision
 
 
 @pytest.mark.slow
