@@ -33,7 +33,7 @@ GENERATED = ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY
              "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_PASSWORD")
 # Names the code reads that the production stack deliberately leaves out, with the reason.
 NOT_FOR_PRODUCTION = {"EVERGREEN_DEMO_HOME": "state folder of `make demo` only"}
-LONG_RUNNING = ("postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler",
+LONG_RUNNING = ("postgres", "redis", "minio", "mlflow", "statsd-exporter", "airflow-apiserver", "airflow-scheduler",
                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
 ONE_SHOT = ("minio-setup", "airflow-init", "mlflow-init")
 DEFAULT_PASSWORDS = {"", "admin", "airflow", "password", "changeme", "minio", "minioadmin", "minio123",
@@ -239,7 +239,7 @@ def test_workers_scale_and_only_uis_are_published(config: dict[str, Any]) -> Non
     worker = services["airflow-worker"]
     assert "container_name" not in worker and not worker.get("ports"), "--scale airflow-worker=N needs both"
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"airflow-apiserver", "mlflow", "minio"}, published
+    assert published == {"airflow-apiserver", "mlflow", "minio", "statsd-exporter"}, published
     for name in published:
         for port in services[name]["ports"]:
             host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
@@ -274,3 +274,17 @@ def test_airflow_init_creates_the_registry_pool(config: dict[str, Any]) -> None:
 
     script = "\n".join(str(w) for w in _services(config)["airflow-init"]["command"])
     assert f"airflow pools set {REGISTRY_POOL} 1 " in script
+
+
+def test_airflow_metrics_go_to_the_statsd_exporter(config: dict[str, Any]) -> None:
+    """Every Airflow component sends StatsD to the exporter service, which Prometheus scrapes."""
+    import statsd  # noqa: F401  (Airflow's StatsD client: in the image, from requirements.txt)
+
+    services = _services(config)
+    exporter = services["statsd-exporter"]
+    assert "--statsd.listen-udp=:9125" in exporter["command"] and "--web.listen-address=:9102" in exporter["command"]
+    assert [str(p.get("target") if isinstance(p, dict) else p).rsplit(":", 1)[-1] for p in exporter["ports"]] in (["9102"], ["9102/tcp"])
+    for name in AIRFLOW_SERVICES:
+        env = service_environment(services[name])
+        assert env["AIRFLOW__METRICS__STATSD_ON"] == "True", name
+        assert (env["AIRFLOW__METRICS__STATSD_HOST"], env["AIRFLOW__METRICS__STATSD_PORT"]) == ("statsd-exporter", "9125")

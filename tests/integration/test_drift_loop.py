@@ -7,13 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from evergreen import monitoring
 from evergreen.spec import get_spec
-from helpers import land_and_etl, running_stack
+from helpers import REPO, http_call, land_and_etl, running_stack
 
 from devtools import demo
 from devtools.localstack import LocalStack
@@ -25,11 +26,24 @@ START, AS_OF = dt.date(2026, 10, 1), dt.date(2026, 10, 21)
 DRIFT_START = AS_OF + dt.timedelta(days=1)
 
 
+USERS = {"viewer": "viewer-password-1", "outsider": "outsider-password-1"}  # both of SimpleAuthManager's viewer role
+ARTIFACTS = REPO / ".evergreen" / "test-artifacts"  # screenshots of the browser test (gitignored)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with running_stack(tmp_path_factory.mktemp("loop"),
-                       [demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG, demo.OUTCOMES_DAG],
-                       unpause=True) as local:
+    home = tmp_path_factory.mktemp("loop")
+    # Users for the Evergreen page's permission tests: ``outsider`` may see no DAG of fraud (an auth manager
+    # with per-DAG rules, tests/support/scoped_auth_manager.py); ``viewer`` may read but not trigger.
+    (home / "airflow").mkdir()
+    (home / "airflow" / "simple_auth_manager_passwords.json").write_text(json.dumps(USERS))
+    extra_env = {
+        "AIRFLOW__CORE__AUTH_MANAGER": "scoped_auth_manager.ScopedAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer,outsider:viewer",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "config"), str(REPO / "tests" / "support")]),
+    }
+    with running_stack(home, [demo.ETL_DAG, demo.TRAINING_DAG, demo.MONITOR_DAG, demo.SENSOR_DAG, demo.OUTCOMES_DAG,
+                              demo.ROLLBACK_DAG], unpause=True, extra_env=extra_env) as local:
         yield local
 
 
@@ -120,3 +134,138 @@ def test_a_late_label_day_as_the_demo_plays_it(stack: LocalStack) -> None:
     report = json.loads((storage / closing["report"]).read_text())
     assert DRIFT_START.isoformat() in {day["ds"] for day in report["days"]}
     assert (storage / "reports" / "performance" / "fraud" / "report.html").is_file()
+
+
+# ------------------------------------------------------------------------------- the Evergreen page
+
+
+def _token(stack: LocalStack, user: str) -> str:
+    status, body = http_call("POST", f"{stack.airflow_url}/auth/token",
+                             body={"username": user, "password": USERS.get(user, stack.password)})
+    assert status in (200, 201), body
+    return json.loads(body)["access_token"]
+
+
+def _call(stack: LocalStack, method: str, path: str, token: str | None = None, **kwargs) -> tuple[int, bytes]:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **kwargs.pop("headers", {})}
+    return http_call(method, f"{stack.airflow_url}{path}", headers=headers, **kwargs)
+
+
+ROLLBACK = {"headers": {"X-Evergreen-Action": "rollback"}, "body": {"reason": "permission test"}}
+
+
+def test_every_page_and_action_needs_an_airflow_user_with_permission(stack: LocalStack) -> None:
+    ds = monitoring.all_reports(FRAUD)[-1]["ds"]
+    reads = ["/evergreen/", "/evergreen/specs/fraud", "/evergreen/api/specs/fraud", "/evergreen/metrics",
+             f"/evergreen/specs/fraud/reports/drift/{ds}", "/evergreen/specs/fraud/reports/performance"]
+    for path in reads:  # Airflow does not authenticate plugin apps: the page does
+        assert _call(stack, "GET", path)[0] == 401, path
+    assert _call(stack, "POST", "/evergreen/specs/fraud/rollback", **ROLLBACK)[0] == 401
+    assert _call(stack, "GET", "/evergreen/specs/fraud", "not-a-token")[0] == 403  # Airflow's answer to a bad JWT
+
+    outsider = _token(stack, "outsider")  # no permission on fraud's DAGs
+    for path in reads[1:3] + reads[4:]:
+        assert _call(stack, "GET", path, outsider)[0] == 403, path
+    assert _call(stack, "POST", "/evergreen/specs/fraud/rollback", outsider, **ROLLBACK)[0] == 403
+    status, index = _call(stack, "GET", "/evergreen/", outsider)
+    assert status == 200 and b"/evergreen/specs/delivery_eta" in index and b"/evergreen/specs/fraud" not in index
+    status, metrics = _call(stack, "GET", "/evergreen/metrics", outsider)
+    assert status == 200 and b'spec="fraud"' not in metrics and b'spec="delivery_eta"' in metrics
+
+    viewer = _token(stack, "viewer")  # reads, may not trigger
+    status, page = _call(stack, "GET", "/evergreen/specs/fraud", viewer)
+    assert status == 200 and b"may not trigger a rollback" in page
+    assert _call(stack, "POST", "/evergreen/specs/fraud/rollback", viewer, **ROLLBACK)[0] == 403
+    admin = _token(stack, "admin")
+    status, body = _call(stack, "POST", "/evergreen/specs/fraud/rollback", admin, body={"reason": "no header"})
+    assert status == 400 and b"X-Evergreen-Action" in body  # a cross-site form cannot set it
+    assert stack.dag_runs(demo.ROLLBACK_DAG) == []  # nothing was triggered by any of these
+
+
+def test_the_page_matches_storage_and_the_registry(stack: LocalStack) -> None:
+    from evergreen import outcomes, registry
+
+    admin = _token(stack, "admin")
+    status, body = _call(stack, "GET", "/evergreen/api/specs/fraud", admin)
+    assert status == 200
+    health = json.loads(body)
+    client = registry._client()
+    assert health["aliases"]["champion"]["version"] == registry.alias_version(client, "fraud", "champion")
+    reports = monitoring.all_reports(FRAUD)
+    assert [d["ds"] for d in health["drift"]] == [r["ds"] for r in reports]
+    assert [d["ds"] for d in health["drift"] if d["drift_detected"]] == [r["ds"] for r in reports if r["drift_detected"]]
+    assert [d["ds"] for d in health["performance"]] == [d["ds"] for d in outcomes.performance_days(FRAUD)]
+    assert [e["ds"] for e in health["ledger"]][-1] == monitoring.trigger_ledger(FRAUD)[-1]["ds"]
+    assert health["decisions"][-1]["decision_file"] == registry.decision_history(FRAUD)[-1]["decision_file"]
+    assert health["retrains_triggered"] == 1
+
+    status, text = _call(stack, "GET", "/evergreen/metrics", admin)
+    lines = dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if line and not line.startswith("#"))
+    assert float(lines['evergreen_champion_version{spec="fraud"}']) == float(health["aliases"]["champion"]["version"])
+    assert float(lines['evergreen_retrains_triggered{spec="fraud"}']) == 1.0
+    latest = health["drift"][-1]
+    assert float(lines['evergreen_drift_share{spec="fraud"}']) == pytest.approx(latest["drifted_share"])
+    assert float(lines['evergreen_key_feature_psi{feature="amount",spec="fraud"}']) == pytest.approx(latest["key_psi"]["amount"])
+    champion = health["aliases"]["champion"]["version"]
+    realized = outcomes.realized_metric(FRAUD, champion, FRAUD.drift.performance_window_days)
+    assert float(lines['evergreen_champion_realized_metric{metric="roc_auc",spec="fraud"}']) == pytest.approx(realized["value"])
+
+
+def test_the_page_in_a_real_browser_rolls_the_champion_back(stack: LocalStack) -> None:
+    """Chromium (Debian's, driven by Playwright): log in, open Evergreen from Airflow's navigation, compare
+    the champion and the drift chart with storage, roll back, and see the champion change."""
+    from evergreen import registry
+    from playwright.sync_api import sync_playwright
+
+    client = registry._client()
+    before = registry.alias_version(client, "fraud", "champion")
+    others = sorted((v.version for v in client.search_model_versions("name='fraud'") if str(v.version) != before),
+                    key=int)
+    target = registry.alias_version(client, "fraud", "previous_champion") or (others[-1] if others else None)
+    assert target is not None and target != before, "the drift retrain above registered no second version"
+    reports = monitoring.all_reports(FRAUD)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                             args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{stack.airflow_url}/auth/login")
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(stack.password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda url: "/auth/login" not in url)  # the UI's own redirect after signing in
+        page.wait_for_load_state("networkidle")
+        # The navigation entry Airflow draws for the plugin's external view: the page, in an iframe.
+        page.get_by_role("button", name="Browse").click()
+        page.get_by_role("menuitem", name="Evergreen").click()
+        page.wait_for_url(f"{stack.airflow_url}/plugin/evergreen")
+        page.wait_for_load_state("networkidle")
+        frame = page.frame_locator("iframe")
+        frame.get_by_role("link", name="fraud").click()
+        page.wait_for_load_state("networkidle")
+        champion_cell = frame.locator("#aliases tr[data-alias=champion] .version")
+        assert champion_cell.inner_text() == f"v{before}"
+        assert frame.locator("#drift tr[data-ds]").count() == len(reports)
+        assert frame.locator("#drift-chart svg polyline").count() >= 1 + len(FRAUD.drift.key_features)
+        flagged = [r["ds"] for r in reports if r["drift_detected"]]
+        assert [frame.locator(f"#drift tr[data-ds='{ds}'] td").nth(1).inner_text() for ds in flagged] == ["drift"] * len(flagged)
+        page.screenshot(path=str(ARTIFACTS / "evergreen-page.png"), full_page=True)
+
+        frame.locator("#rollback-target").fill(target)
+        frame.locator("#rollback-reason").fill("browser test")
+        frame.locator("#rollback").click()
+        frame.locator("#rollback-result").filter(has_text="rollback requested").wait_for(timeout=30_000)
+        run_id = frame.locator("#rollback-result").inner_text().split("DAG run ")[1].split(" of ")[0]
+        (finished,) = stack.wait_for_runs(demo.ROLLBACK_DAG, run_ids=[run_id], timeout=180)
+        assert finished["state"] == "success"
+        page.reload()
+        page.wait_for_load_state("networkidle")
+        frame = page.frame_locator("iframe")
+        frame.get_by_role("link", name="fraud").click()
+        frame.locator("#aliases tr[data-alias=champion] .version").filter(has_text=f"v{target}").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "evergreen-page-after-rollback.png"), full_page=True)
+        browser.close()
+    assert registry.alias_version(client, "fraud", "champion") == target
+    assert registry.decision_history(FRAUD)[-1]["kind"] == "rolled_back"
+    run = stack.dag_run(demo.ROLLBACK_DAG, run_id)
+    assert run["conf"] == {"target_version": target, "reason": "browser test"} and run["triggering_user_name"] == "admin"

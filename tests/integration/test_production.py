@@ -104,7 +104,7 @@ def _run_group(argv: list[str], *, env: Mapping[str, str], cwd: Path, timeout: f
 class ProductionStack(LocalStack):
     """The compose services as local processes; LocalStack's REST client, spawning and stopping by pid."""
 
-    PORTS = ("api", "mlflow", "moto", "scheduler_health", "worker_logs", "trigger_logs")
+    PORTS = ("api", "mlflow", "moto", "scheduler_health", "worker_logs", "trigger_logs", "statsd", "statsd_http")
 
     def __init__(self, home: Path, config: dict[str, Any], dotenv: dict[str, str], *, redis_db: int,
                  ports: Mapping[str, int], postgres_port: int) -> None:
@@ -132,9 +132,11 @@ class ProductionStack(LocalStack):
             "airflow-apiserver": {"localhost:8080": f"127.0.0.1:{self.ports['api']}"},
             "airflow-scheduler": {"localhost:8974": f"127.0.0.1:{self.ports['scheduler_health']}"},
             "mlflow": {"localhost:5000": f"127.0.0.1:{self.ports['mlflow']}"},
+            "statsd-exporter": {"localhost:9102": f"127.0.0.1:{self.ports['statsd_http']}"},
         }
         self._mapped: set[str] = set()
         self.timings: dict[str, float] = {}
+        self.statsd_lines = self.home / "statsd.lines"  # what Airflow sent the StatsD exporter
 
     # ------------------------------------------------------------------ compose -> loopback
 
@@ -168,6 +170,9 @@ class ProductionStack(LocalStack):
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(self.ports["scheduler_health"]),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports["worker_logs"]),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["trigger_logs"]),
+            # The StatsD exporter's address (its stand-in: tests/support/statsd_sink.py).
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(self.ports["statsd"]),
             # The one behavioural choice: runs come from this test only (no catch-up run of "yesterday").
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         }
@@ -253,6 +258,10 @@ class ProductionStack(LocalStack):
             self._spawn("minio", [str(self.bin_dir / "moto_server"), "-H", "127.0.0.1", "-p",
                                   str(self.ports["moto"])], clean_environ())
             self._wait_port("minio", self.ports["moto"], deadline)
+            # statsd-exporter: a sink that keeps what Airflow sends (the image is not runnable here).
+            self._spawn("statsd-exporter", [sys.executable, str(self.repo / "tests" / "support" / "statsd_sink.py"),
+                                            str(self.ports["statsd"]), str(self.ports["statsd_http"]),
+                                            str(self.statsd_lines)], clean_environ())
             self.s3().create_bucket(Bucket=self.dotenv["S3_BUCKET"])
             # airflow-init: the MLflow database, `airflow db migrate`, the admin user.
             step = time.monotonic()
@@ -611,6 +620,20 @@ def test_pipeline_trains_and_registers_a_champion(production: ProductionStack, p
     assert any(k.endswith("/MLmodel") for k in artifacts), artifacts[:20]
     assert any(version["run_id"] in k for k in artifacts), artifacts[:20]
     assert stack.s3_keys(f"{root}/models/{SPEC}/decisions/"), "decision log in the bucket"
+
+
+def test_airflow_sends_its_metrics_to_the_statsd_exporter(production: ProductionStack, pipeline: dict[str, Any]) -> None:
+    """The compose file's StatsD settings, as every component runs with them: Airflow's own metrics arrive."""
+    deadline = time.monotonic() + 60
+    while True:
+        names = {line.split(":", 1)[0] for line in production.statsd_lines.read_text().splitlines()} \
+            if production.statsd_lines.exists() else set()
+        wanted = {"airflow.scheduler_heartbeat", f"airflow.dagrun.duration.success.{TRAINING_DAG}"}
+        if wanted <= names or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert wanted <= names, sorted(names)[:40]
+    assert any(n.startswith("airflow.ti.finish.") for n in names)  # task outcomes, per DAG and task
 
 
 def test_secrets_never_appear_in_task_logs(production: ProductionStack, pipeline: dict[str, Any]) -> None:
