@@ -415,6 +415,9 @@ def run(home: Path, airflow_port: int, mlflow_port: int) -> int:
     say("the stack keeps running; look around:")
     say(f"  Airflow UI   {stack.airflow_url}   user {stack.username}   password {stack.password}")
     say(f"               DAGs {ETL_DAG}, {TRAINING_DAG}, {MONITOR_DAG}, {SENSOR_DAG}, {OUTCOMES_DAG}, {ROLLBACK_DAG}")
+    say(f"  Evergreen    {stack.airflow_url}/plugin/evergreen   (Browse > Evergreen in the Airflow UI: champion, "
+        "gates, drift and outcomes, rollback;")
+    say(f"               metrics {stack.airflow_url}/evergreen/metrics with an Airflow token)")
     say(f"  MLflow UI    {stack.mlflow_url}   (experiment '{SPEC}', registered model "
         f"'{decision.get('model_name')}', alias champion -> v{decision.get('champion_after')})")
     say(f"  storage      {storage}   (raw/, features/, labels/, predictions/, outcomes/, reports/drift/{SPEC}/ds=*/report.html,")

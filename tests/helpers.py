@@ -86,6 +86,42 @@ def http_call(method: str, url: str, *, headers: Mapping[str, str] | None = None
         conn.close()
 
 
+@contextlib.contextmanager
+def signed_in_browser(airflow_url: str, username: str, password: str) -> Generator[Any, None, None]:
+    """A Playwright page signed in to the Airflow UI: Debian's chromium (``apt-get install chromium``,
+    scripts/ensure-services.sh), nothing downloaded."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                             args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{airflow_url}/auth/login")
+            page.get_by_label("Username").fill(username)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/login" not in url)  # the UI's own redirect after signing in
+            page.wait_for_load_state("networkidle")
+            yield page
+        finally:
+            browser.close()
+
+
+def open_evergreen(page: Any, airflow_url: str, spec: str) -> Any:
+    """Browse > Evergreen in the Airflow UI's navigation, then the spec's page: the page's frame."""
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Evergreen").click()
+    page.wait_for_url(f"{airflow_url}/plugin/evergreen")
+    page.wait_for_load_state("networkidle")
+    frame = page.frame_locator("iframe")
+    frame.get_by_role("link", name=spec, exact=True).click()
+    frame.locator("h1", has_text=spec).wait_for()
+    return frame
+
+
 # ------------------------------------------------------------------------------------------------ DAGs
 
 

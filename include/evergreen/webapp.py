@@ -4,7 +4,9 @@ Airflow does not authenticate plugin apps, so every route here does: the caller 
 the request (its bearer token, or the UI's session cookie), resolved by Airflow's own ``get_user``, and
 every spec is shown only to a user the auth manager lets read the spec's training DAG. The one action,
 rollback, needs permission to trigger the spec's rollback DAG and goes through Airflow (a DAG run of
-``<spec>_rollback``, as the trigger form would create); the web process never writes to MLflow.
+``<spec>_rollback``, as the trigger form would create); the web process never writes to MLflow. With
+``promotion.mode: approval`` the page lists the promotions waiting for a person and answers them through
+Airflow's own REST API (the human-in-the-loop detail of ``request_approval``), as Airflow's UI does.
 Actions are JSON POSTs with a custom header, which a cross-site form cannot send (no CSRF by cookie).
 """
 
@@ -165,6 +167,14 @@ def _table(entries: list[dict[str, Any]], columns: list[str], table_id: str) -> 
     return f"<table id='{table_id}'><tr>{head}</tr>{rows}</table>"
 
 
+def _approvals(health: dict[str, Any]) -> str:
+    if health["promotion_mode"] != "approval":
+        return ""
+    dag_id = json.dumps(f"{health['spec']}_training")
+    return (f"<section><h2>Waiting for approval</h2><div id='approvals'>loading ...</div></section>"
+            f"{APPROVAL_SCRIPT}<script>loadApprovals({html.escape(dag_id, quote=False)});</script>")
+
+
 ROLLBACK_SCRIPT = """
 <script>
 async function rollback(base) {
@@ -177,6 +187,43 @@ async function rollback(base) {
   document.getElementById('rollback-result').textContent = response.ok
     ? 'rollback requested: DAG run ' + body.dag_run_id + ' of ' + body.dag_id
     : 'refused (' + response.status + '): ' + (body.detail || '');
+}
+</script>
+"""
+
+
+APPROVAL_SCRIPT = """
+<script>
+// Pending approvals and their answers go through Airflow's own REST API (the UI's session cookie): Airflow
+// checks the user's permission and records who answered, as its Required actions view does.
+async function loadApprovals(dagId) {
+  const list = document.getElementById('approvals');
+  const response = await fetch('/api/v2/dags/' + encodeURIComponent(dagId) +
+    '/dagRuns/~/hitlDetails?response_received=false&task_id=request_approval', {credentials: 'same-origin'});
+  if (!response.ok) { list.textContent = 'cannot list approvals (' + response.status + ')'; return; }
+  const pending = (await response.json()).hitl_details || [];
+  list.textContent = pending.length ? '' : 'no promotion waits for approval';
+  for (const item of pending) {
+    const ti = item.task_instance, row = document.createElement('div');
+    row.className = 'approval'; row.dataset.runId = ti.dag_run_id;
+    const title = document.createElement('p'); title.textContent = item.subject + ' (run ' + ti.dag_run_id + ')';
+    const body = document.createElement('pre'); body.textContent = item.body || '';
+    row.append(title, body);
+    for (const option of item.options) {
+      const button = document.createElement('button'); button.textContent = option;
+      button.onclick = () => answer(dagId, ti.dag_run_id, option, row);
+      row.append(button);
+    }
+    list.append(row);
+  }
+}
+async function answer(dagId, runId, option, row) {
+  const response = await fetch('/api/v2/dags/' + encodeURIComponent(dagId) + '/dagRuns/' + encodeURIComponent(runId) +
+    '/taskInstances/request_approval/-1/hitlDetails', {method: 'PATCH', credentials: 'same-origin',
+    headers: {'Content-Type': 'application/json'}, body: JSON.stringify({chosen_options: [option], params_input: {}})});
+  const result = document.createElement('p'); result.className = 'answer';
+  result.textContent = response.ok ? 'answered: ' + option : 'refused (' + response.status + ')';
+  row.append(result);
 }
 </script>
 """
@@ -202,7 +249,7 @@ def spec_page(health: dict[str, Any], base: str, can_rollback: bool) -> HTMLResp
         f"(days without drift are the drift table's ok rows)</p>"
         f"{_table([e for e in health['ledger'] if e.get('decision') != 'no_drift'], ['ds', 'decision', 'decided_at', 'trigger_run_id', 'detail'], 'ledger')}</section>"
         f"<section><h2>Decisions</h2>{_table(health['decisions'], ['decided_at', 'kind', 'version', 'champion_before', 'champion_after', 'actor'], 'decisions')}</section>"
-        f"{rollback}{ROLLBACK_SCRIPT}")
+        f"{_approvals(health)}{rollback}{ROLLBACK_SCRIPT}")
     return _page(f"Evergreen: {health['spec']}", body)
 
 

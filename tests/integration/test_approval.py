@@ -1,6 +1,6 @@
 """``promotion.mode: approval`` under a real scheduler: the training run waits in Airflow's
-human-in-the-loop state with the gate report as its body; an answer through the REST API (what the UI
-sends) promotes, naming the approver in the decision log; no answer in time is a rejection. Slow:
+human-in-the-loop state with the gate report as its body; an answer on the Evergreen page (in a real
+browser, through Airflow's REST API as the UI sends it) promotes, naming the approver in the decision log; no answer in time is a rejection. Slow:
 ``pytest -m scheduler``."""
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ import urllib.parse
 from collections.abc import Iterator
 
 import pytest
-from helpers import land_csv, running_stack, sensor_readings, sensor_spec_yaml
+from helpers import (
+    land_csv,
+    open_evergreen,
+    running_stack,
+    sensor_readings,
+    sensor_spec_yaml,
+    signed_in_browser,
+)
 
 from devtools.localstack import LocalStack
 
@@ -68,8 +75,13 @@ def test_an_approved_promotion_names_its_approver(stack: LocalStack) -> None:
     detail = stack.get(f"/dags/approved_training/dagRuns/{quoted}/taskInstances/request_approval/-1/hitlDetails")
     assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
     assert "would replace champion (none)" in detail["body"] and "| no_regression_vs_champion |" in detail["body"]
-    stack.patch(f"/dags/approved_training/dagRuns/{quoted}/taskInstances/request_approval/-1/hitlDetails",
-                {"chosen_options": ["Approve"], "params_input": {}})
+    # Answered on the Evergreen page, which lists the waiting promotion and answers through Airflow's API.
+    with signed_in_browser(stack.airflow_url, "admin", stack.password) as page:
+        frame = open_evergreen(page, stack.airflow_url, "approved")
+        waiting = frame.locator(f".approval[data-run-id='{run_id}']")
+        assert "would replace champion (none)" in waiting.locator("pre").inner_text()
+        waiting.get_by_role("button", name="Approve").click()
+        waiting.locator(".answer").filter(has_text="answered: Approve").wait_for(timeout=30_000)
     finished = stack.wait_for_runs("approved_training", run_ids=[run_id], timeout=240)[0]
     assert finished["state"] == "success"
     decision = stack.xcom("approved_training", run_id, "promote_if_better")

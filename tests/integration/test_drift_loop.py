@@ -7,14 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from evergreen import monitoring
 from evergreen.spec import get_spec
-from helpers import REPO, http_call, land_and_etl, running_stack
+from helpers import REPO, http_call, land_and_etl, open_evergreen, running_stack, signed_in_browser
 
 from devtools import demo
 from devtools.localstack import LocalStack
@@ -215,34 +214,17 @@ def test_the_page_in_a_real_browser_rolls_the_champion_back(stack: LocalStack) -
     """Chromium (Debian's, driven by Playwright): log in, open Evergreen from Airflow's navigation, compare
     the champion and the drift chart with storage, roll back, and see the champion change."""
     from evergreen import registry
-    from playwright.sync_api import sync_playwright
 
     client = registry._client()
     before = registry.alias_version(client, "fraud", "champion")
-    others = sorted((v.version for v in client.search_model_versions("name='fraud'") if str(v.version) != before),
+    others = sorted((str(v.version) for v in client.search_model_versions("name='fraud'") if str(v.version) != before),
                     key=int)
     target = registry.alias_version(client, "fraud", "previous_champion") or (others[-1] if others else None)
     assert target is not None and target != before, "the drift retrain above registered no second version"
     reports = monitoring.all_reports(FRAUD)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                             args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{stack.airflow_url}/auth/login")
-        page.get_by_label("Username").fill("admin")
-        page.get_by_label("Password").fill(stack.password)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(lambda url: "/auth/login" not in url)  # the UI's own redirect after signing in
-        page.wait_for_load_state("networkidle")
-        # The navigation entry Airflow draws for the plugin's external view: the page, in an iframe.
-        page.get_by_role("button", name="Browse").click()
-        page.get_by_role("menuitem", name="Evergreen").click()
-        page.wait_for_url(f"{stack.airflow_url}/plugin/evergreen")
-        page.wait_for_load_state("networkidle")
-        frame = page.frame_locator("iframe")
-        frame.get_by_role("link", name="fraud").click()
-        page.wait_for_load_state("networkidle")
+    with signed_in_browser(stack.airflow_url, "admin", stack.password) as page:
+        frame = open_evergreen(page, stack.airflow_url, "fraud")
         champion_cell = frame.locator("#aliases tr[data-alias=champion] .version")
         assert champion_cell.inner_text() == f"v{before}"
         assert frame.locator("#drift tr[data-ds]").count() == len(reports)
@@ -258,13 +240,11 @@ def test_the_page_in_a_real_browser_rolls_the_champion_back(stack: LocalStack) -
         run_id = frame.locator("#rollback-result").inner_text().split("DAG run ")[1].split(" of ")[0]
         (finished,) = stack.wait_for_runs(demo.ROLLBACK_DAG, run_ids=[run_id], timeout=180)
         assert finished["state"] == "success"
-        page.reload()
+        page.reload()  # the UI keeps the page's own path in its URL: the reload shows the spec's page again
         page.wait_for_load_state("networkidle")
         frame = page.frame_locator("iframe")
-        frame.get_by_role("link", name="fraud").click()
         frame.locator("#aliases tr[data-alias=champion] .version").filter(has_text=f"v{target}").wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "evergreen-page-after-rollback.png"), full_page=True)
-        browser.close()
     assert registry.alias_version(client, "fraud", "champion") == target
     assert registry.decision_history(FRAUD)[-1]["kind"] == "rolled_back"
     run = stack.dag_run(demo.ROLLBACK_DAG, run_id)
