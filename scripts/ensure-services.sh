@@ -29,6 +29,7 @@ fi
 command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)  # the redis healthcheck
 command -v curl >/dev/null 2>&1 || packages+=(curl)  # the api-server, scheduler and mlflow healthchecks
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)  # tests/integration/test_drift_loop.py's browser
+command -v wget >/dev/null 2>&1 || packages+=(wget)  # the statsd-exporter healthcheck
 
 if ((${#packages[@]})); then
   if [[ $(id -u) != 0 ]]; then

@@ -94,6 +94,10 @@ def signed_in_browser(airflow_url: str, username: str, password: str) -> Generat
 
     from playwright.sync_api import sync_playwright
 
+    if shutil.which("chromium") is None:
+        from compose_config import ensure_services
+
+        ensure_services()  # installs Debian's chromium (root), or fails saying what to install
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                                              args=["--no-sandbox"])
