@@ -44,6 +44,10 @@ def golden(workdir: Path) -> dict[str, Any]:
         days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
         result: dict[str, Any] = {"partitions": {d.isoformat(): run_feature_etl(spec, d)["content_sha256"]
                                                  for d in days}}
+        if spec.labels is not None:  # the labels that arrived by the last day (fraud: its chargeback feed)
+            from evergreen.outcomes import ingest_labels
+
+            result["labels"] = {p["ds"]: p["content_sha256"] for p in ingest_labels(spec, end)}
         for as_of in (end - dt.timedelta(days=2), end):
             window = select_window(spec, as_of)
             trained = train_challenger(spec, window, lineage={"reason": "golden"})
