@@ -290,7 +290,10 @@ def drift_story(stack: LocalStack, storage: Path) -> dict[str, Any]:
     if training is not None:
         say(f"  [{elapsed()}] drift-triggered {TRAINING_DAG} run {training['dag_run_id']}: {training['state']} "
             f"(conf {decided['trigger']['conf']})")
-        if training["state"] == "success":
+        states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(TRAINING_DAG, training["dag_run_id"])}
+        if training["state"] == "success" and states.get("promote_if_better") == "skipped":
+            say("  skipped: the window holds no data the champion was not trained on (chargebacks still to come)")
+        elif training["state"] == "success":
             decision = stack.xcom(TRAINING_DAG, training["dag_run_id"], "promote_if_better")
             gates = stack.xcom(TRAINING_DAG, training["dag_run_id"], "evaluate_gates")
             print_decision(decision, gates)

@@ -283,7 +283,9 @@ Trains on the **{window.days}-day window ending at `as_of`** (default: the run's
 after it), holdout = the last {window.holdout_days} days, validation = the {window.validation_days} before.
 
 1. `assemble_training_set`: published partitions only (manifest present), fails clearly when fewer than
-   {window.min_days} days or more than {window.max_missing_days} missing days;
+   {window.min_days} days or more than {window.max_missing_days} missing days; a scheduled or triggered run
+   whose window is exactly the champion's data (same partitions and labels) is skipped: it would give the
+   same model (a manual run trains anyway);
 2. `train_challenger`: XGBoost + a linear baseline, logged to MLflow (experiment `{spec.name}`) with lineage tags;
 3. `evaluate_gates`: absolute thresholds, lift over baseline, **no regression vs the current champion
    re-scored on the same holdout** (primary metric `{metric}`), per-slice checks on `{spec.gates.slice_feature}`;
@@ -316,12 +318,20 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
     def training() -> None:
         @task(multiple_outputs=False, retries=1)
         def assemble_training_set() -> dict[str, Any]:
+            from evergreen import registry
             from evergreen.training.window import select_window
 
             as_of = partition_date_from_context(spec, param="as_of")
-            window_days = int(get_current_context()["params"]["window_days"])
+            params = get_current_context()["params"]
             with data_errors_fail_fast(spec):
-                return select_window(spec, as_of, window_days).to_dict()
+                window = select_window(spec, as_of, int(params["window_days"]))
+            reason = _lineage_from_context(params.get("reason"))["reason"]
+            same = registry.champion_trained_on(spec, window.data_digest) if reason != "manual" else None
+            if same is not None:  # e.g. drift before its labels have come in: nothing new to learn from
+                raise AirflowSkipException(
+                    f"{spec.name}: the window {window.partitions_summary} is the data champion v{same} was trained "
+                    f"on (digest {window.data_digest[:12]}); a {reason} retrain would give the same model: skipped")
+            return window.to_dict()
 
         @task(multiple_outputs=False)
         def train_challenger(window: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +353,7 @@ Every decision is in `models/{spec.name}/decisions/` in storage and tagged on th
 
         # With approval, the promotion also runs when the question was skipped (nothing to approve).
         @task(multiple_outputs=False, retries=0, pool=REGISTRY_POOL,
-              trigger_rule="none_failed" if approval_mode else "all_success")
+              trigger_rule="none_failed_min_one_success" if approval_mode else "all_success")
         def promote_if_better(trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
             import logging
 

@@ -9,7 +9,6 @@ exist, the trigger ledger and the decision history. Nothing here writes: actions
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any
 
 from evergreen import layout, storage
@@ -21,11 +20,15 @@ HISTORY_ROWS = 30  # newest ledger entries and decisions listed
 
 
 def mlflow_ui_url() -> str | None:
-    """Where users open MLflow: ``MLFLOW_UI_URL``, else an http(s) tracking URI (the server is its UI)."""
-    explicit = os.environ.get("MLFLOW_UI_URL")
+    """Where users open MLflow: ``EVERGREEN_MLFLOW_UI_URL``, else an http(s) tracking server (its own UI)."""
+    import mlflow
+
+    from evergreen import settings
+
+    explicit = settings.current().mlflow_ui_url
     if explicit:
-        return explicit.rstrip("/")
-    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+        return explicit
+    tracking = mlflow.get_tracking_uri()
     return tracking.rstrip("/") if tracking.startswith(("http://", "https://")) else None
 
 

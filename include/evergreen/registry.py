@@ -192,6 +192,19 @@ def champion(spec: PipelineSpec, client: Any | None = None) -> Any | None:
     return model_version(client or _client(), spec.registered_model_name, CHAMPION)
 
 
+def champion_trained_on(spec: PipelineSpec, data_digest: str, client: Any | None = None) -> str | None:
+    """The champion's version when it was trained on exactly ``data_digest`` (partitions and labels), else
+    None: a retrain on the same data can only produce the same model."""
+    from evergreen.tracking import Tag
+
+    client = client or _client()
+    version = champion(spec, client)
+    if version is None:
+        return None
+    return str(version.version) if client.get_run(version.run_id).data.tags.get(Tag.DATA_DIGEST) == data_digest \
+        else None
+
+
 def serving_versions(spec: PipelineSpec, client: Any | None = None) -> dict[str, str]:
     """``{"champion": version[, "challenger": version]}`` (the challenger only when it is not the champion);
     empty when there is no champion."""

@@ -18,9 +18,10 @@ CODE_VERSION = "EVERGREEN_CODE_VERSION"
 MLFLOW_ARTIFACT_ROOT = "EVERGREEN_MLFLOW_ARTIFACT_ROOT"
 TRAINING_SPILL_DIR = "EVERGREEN_TRAINING_SPILL_DIR"
 CAS_SETTLE_SECONDS = "EVERGREEN_CAS_SETTLE_SECONDS"
+MLFLOW_UI_URL = "EVERGREEN_MLFLOW_UI_URL"
 
 NAMES = (STORAGE_ROOT, STORAGE_CONN_ID, SPECS_DIR, CODE_VERSION, MLFLOW_ARTIFACT_ROOT, TRAINING_SPILL_DIR,
-         CAS_SETTLE_SECONDS)
+         CAS_SETTLE_SECONDS, MLFLOW_UI_URL)
 DEFAULT_STORAGE_ROOT = "~/.evergreen/storage"
 # Read by MLflow itself (tracking, registry and the artifact proxy), not here; every Airflow process that
 # runs tasks needs it.
@@ -38,6 +39,7 @@ class Settings:
     mlflow_artifact_root: str = ""  # where new experiments put artifacts without a tracking server
     training_spill_dir: str | None = None  # per-day training matrices (default: the temp dir)
     cas_settle_seconds: float = 2.0  # wait between moving the champion alias and verifying it
+    mlflow_ui_url: str = ""  # where browsers open MLflow (the Evergreen page's links); default: the tracking server
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,6 +53,7 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         mlflow_artifact_root=(raw[MLFLOW_ARTIFACT_ROOT] or "").rstrip("/"),
         training_spill_dir=raw[TRAINING_SPILL_DIR] or None,
         cas_settle_seconds=float(raw[CAS_SETTLE_SECONDS] or "2.0"),
+        mlflow_ui_url=(raw[MLFLOW_UI_URL] or "").rstrip("/"),
     )
 
 

@@ -243,5 +243,5 @@ def test_approval_mode_asks_a_person_between_the_gates_and_the_promotion() -> No
     assert (ask.options, ask.defaults, ask.response_timeout) == (["Approve", "Reject"], ["Reject"],
                                                                  dt.timedelta(hours=6))
     # Still promotes (or rejects) when nothing needed approving and the question was skipped.
-    assert dag.get_task("promote_if_better").trigger_rule == "none_failed"
+    assert dag.get_task("promote_if_better").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("approval_needed").ignore_downstream_trigger_rules is False

@@ -77,6 +77,15 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
     for key in ("roc_auc", "pr_auc", "log_loss"):
         assert metrics_again[key] == pytest.approx(metrics1[key], abs=1e-12), key
 
+    # A drift retrain with no new data (the drifted days' chargebacks have not come in) is skipped.
+    runs_before = len(client.search_runs([client.get_experiment_by_name("fraud").experiment_id]))
+    skipped = run_dag("fraud_training", AS_OF, conf={"window_days": 21, "reason": "drift"})
+    states = task_states(skipped)
+    assert str(skipped.state) == "success" and states["assemble_training_set"] == "skipped", states
+    assert {states[t] for t in ("train_challenger", "promote_if_better", *OUTCOME_TASKS.values())} == {"skipped"}
+    assert len(client.search_runs([client.get_experiment_by_name("fraud").experiment_id])) == runs_before
+    assert registry.alias_version(client, "fraud", "champion") == "1"
+
     # Clean labels: a better model on the same holdout is promoted, v1 becomes previous_champion.
     land_and_etl(spec, START, TRAIN_END)
     _, better = _train(AS_OF, reason="drift", drift_report="reports/drift/fraud/ds=2026-10-21/report.json")

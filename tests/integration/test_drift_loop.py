@@ -72,6 +72,7 @@ def test_drift_triggers_exactly_one_retrain_then_cooldown(stack: LocalStack) -> 
                    drift_start=DRIFT_START)
     summary = demo.monitor_drift(stack)
     assert summary["drifted"] == [DRIFT_START.isoformat(), (DRIFT_START + dt.timedelta(days=1)).isoformat()]
+    demo.take_outcomes(stack, DRIFT_START + dt.timedelta(days=1))  # as the demo: the chargebacks so far are in
     latest = [r for r in monitoring.all_reports(FRAUD) if r["ds"] == summary["drifted"][-1]][0]
     decided, training = demo.sense_drift(stack)
     expected_run_id = monitoring.trigger_run_id(latest)

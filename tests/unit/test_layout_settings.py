@@ -83,13 +83,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_names() -> None:
     assert settings.NAMES == (
         "EVERGREEN_STORAGE_ROOT", "EVERGREEN_STORAGE_CONN_ID", "EVERGREEN_SPECS_DIR", "EVERGREEN_CODE_VERSION",
-        "EVERGREEN_MLFLOW_ARTIFACT_ROOT", "EVERGREEN_TRAINING_SPILL_DIR", "EVERGREEN_CAS_SETTLE_SECONDS")
+        "EVERGREEN_MLFLOW_ARTIFACT_ROOT", "EVERGREEN_TRAINING_SPILL_DIR", "EVERGREEN_CAS_SETTLE_SECONDS",
+        "EVERGREEN_MLFLOW_UI_URL")
 
 
 def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.current() == settings.Settings(
         storage_root="~/.evergreen/storage", storage_conn_id="aws_default", specs_dir=None, code_version="",
-        mlflow_artifact_root="", training_spill_dir=None, cas_settle_seconds=2.0)
+        mlflow_artifact_root="", training_spill_dir=None, cas_settle_seconds=2.0, mlflow_ui_url="")
     assert settings.current() == settings.Settings()
 
 
