@@ -14,7 +14,7 @@ from typing import Any
 from evergreen import layout, storage
 from evergreen.spec import PipelineSpec
 
-ALIASES = ("champion", "challenger", "previous_champion")
+ALIASES = ("champion", "challenger", "previous_champion")  # registry.CHAMPION, CHALLENGER, PREVIOUS_CHAMPION
 TREND_DAYS = 90  # days of drift and performance the page charts
 HISTORY_ROWS = 30  # newest ledger entries and decisions listed
 
@@ -122,13 +122,26 @@ def newest_partition(spec: PipelineSpec) -> str | None:
     return max(found).isoformat() if found else None
 
 
+def last_promotion(spec: PipelineSpec) -> str | None:
+    """When the champion last changed (a promotion or a rollback), per the decision log."""
+    from evergreen import registry
+
+    changes = [d for d in registry.decision_history(spec)
+               if d["kind"] in registry.CHAMPION_CHANGING_KINDS and d.get("champion_after")]
+    return changes[-1]["decided_at"] if changes else None
+
+
+def retrains_triggered(ledger: list[dict[str, Any]]) -> int:
+    return sum(1 for entry in ledger if entry.get("decision") == "triggered")
+
+
 def spec_health(spec: PipelineSpec, *, client: Any | None = None) -> dict[str, Any]:
     """Everything the spec's page shows (see the module docstring)."""
     from evergreen import monitoring, registry
 
     client = client or registry._client()
     decisions = registry.decision_history(spec)
-    promotions = [d for d in decisions if d["kind"] in registry.CHAMPION_CHANGING_KINDS and d.get("champion_after")]
+    ledger = monitoring.trigger_ledger(spec)
     return {
         "spec": spec.name,
         "description": spec.description,
@@ -141,10 +154,10 @@ def spec_health(spec: PipelineSpec, *, client: Any | None = None) -> dict[str, A
         "latest_gates": latest_gate_report(spec, decisions),
         "drift": drift_trend(spec),
         "performance": performance_trend(spec),
-        "ledger": monitoring.trigger_ledger(spec)[-HISTORY_ROWS:],
+        "ledger": ledger[-HISTORY_ROWS:],
         "decisions": decisions[-HISTORY_ROWS:],
-        "last_promotion": promotions[-1]["decided_at"] if promotions else None,
-        "retrains_triggered": sum(1 for e in monitoring.trigger_ledger(spec) if e.get("decision") == "triggered"),
+        "last_promotion": last_promotion(spec),
+        "retrains_triggered": retrains_triggered(ledger),
         "newest_partition": newest_partition(spec),
     }
 
@@ -200,14 +213,13 @@ def prometheus_text(specs: list[PipelineSpec], *, client: Any | None = None,
             for feature, value in latest[-1]["key_psi"].items():
                 if value is not None:
                     psi.labels(spec.name, feature).set(value)
-        promotions = [d for d in registry.decision_history(spec)
-                      if d["kind"] in registry.CHAMPION_CHANGING_KINDS and d.get("champion_after")]
-        if promotions:
-            last = dt.datetime.fromisoformat(promotions[-1]["decided_at"])
+        changed = last_promotion(spec)
+        if changed:
+            last = dt.datetime.fromisoformat(changed)
             last = last if last.tzinfo else last.replace(tzinfo=dt.UTC)
             since.labels(spec.name).set((now - last).total_seconds() / 86400)
         newest = newest_partition(spec)
         if newest is not None:
             age.labels(spec.name).set((now.date() - dt.date.fromisoformat(newest)).days)
-        triggered.labels(spec.name).set(sum(1 for e in monitoring.trigger_ledger(spec) if e.get("decision") == "triggered"))
+        triggered.labels(spec.name).set(retrains_triggered(monitoring.trigger_ledger(spec)))
     return generate_latest(metrics)

@@ -203,6 +203,7 @@ def test_the_page_matches_storage_and_the_registry(stack: LocalStack) -> None:
     lines = dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if line and not line.startswith("#"))
     assert float(lines['evergreen_champion_version{spec="fraud"}']) == float(health["aliases"]["champion"]["version"])
     assert float(lines['evergreen_retrains_triggered{spec="fraud"}']) == 1.0
+    assert 0 <= float(lines['evergreen_days_since_promotion{spec="fraud"}']) < 1  # promoted minutes ago
     latest = health["drift"][-1]
     assert float(lines['evergreen_drift_share{spec="fraud"}']) == pytest.approx(latest["drifted_share"])
     assert float(lines['evergreen_key_feature_psi{feature="amount",spec="fraud"}']) == pytest.approx(latest["key_psi"]["amount"])
