@@ -53,6 +53,7 @@ PROFILE_ARTIFACT = "reference_profile.json"
 WINDOW_ARTIFACT = "window.json"
 FEATURE_SCHEMA_ARTIFACT = "feature_schema.json"
 STEPS_ARTIFACT = "training_steps.json"
+SHAP_ARTIFACT = "explanations/shap_summary.json"  # mean |SHAP| per feature on the holdout
 MODEL_ARTIFACT = "model"
 
 
@@ -217,21 +218,31 @@ def log_dataset(spec: PipelineSpec, window: TrainingWindow, frame: pd.DataFrame,
                                Tag.ROWS: str(len(frame) if rows is None else rows)})
 
 
-def plot_importance(booster: Any, path: Path) -> None:
+def plot_shap_importance(summary: Mapping[str, Any], title: str, path: Path) -> None:
+    """Mean |SHAP| per feature on the holdout (:func:`evergreen.explain.attribution_summary`), a bar each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gain = booster.get_score(importance_type="gain")
-    items = sorted(gain.items(), key=lambda kv: kv[1])
+    items = sorted((summary.get("mean_abs_shap") or {}).items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(items) + 1)))
     ax.barh([k for k, _ in items], [v for _, v in items])
-    ax.set_xlabel("total gain")
-    ax.set_title("XGBoost feature importance (gain)")
+    ax.set_xlabel(f"mean |SHAP| on {summary.get('rows')} holdout rows (margin units)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def log_explanations(attributions: Mapping[str, Any], title: str, tmp: Path) -> None:
+    """The active run's SHAP summary (JSON, what model cards and drift read) and its plot."""
+    import mlflow
+
+    mlflow.log_dict(dict(attributions), SHAP_ARTIFACT)
+    plot_shap_importance(attributions, title, tmp / "shap_importance.png")
+    mlflow.log_artifact(str(tmp / "shap_importance.png"), "plots")
+    (tmp / "shap_importance.png").unlink()
 
 
 def plot_performance(task_type: TaskType, y: np.ndarray, pred: np.ndarray, baseline: np.ndarray,
@@ -439,6 +450,8 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
                 mlflow.log_params({**window_params, "model.kind": baseline["estimator"]})
                 mlflow.log_metrics(dict(baseline_metrics))
                 mlflow.log_dict(dict(baseline_profile), PROFILE_ARTIFACT)
+                log_explanations(baseline_profile["attributions"], "Linear baseline: mean |SHAP| per feature (holdout)",
+                                 tmp)
                 baseline_uri, baseline_manifest = log_model(spec, model_code, schema, example, window.data_digest,
                                                             tmp, linear=baseline)
                 mlflow.set_tags(model_tags(baseline_uri, baseline_manifest))
@@ -460,11 +473,10 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
             mlflow.log_dict(window.to_dict(), WINDOW_ARTIFACT)
             mlflow.log_dict(schema.to_dict(), FEATURE_SCHEMA_ARTIFACT)
 
-            plot_importance(fitted.booster, tmp / "feature_importance.png")
+            log_explanations(profile["attributions"], "XGBoost: mean |SHAP| per feature (holdout)", tmp)
             shown = plot_subset(len(holdout.y))
             plot_performance(spec.task_type, holdout.y[shown], holdout.challenger[shown], holdout.baseline[shown],
                              tmp / "holdout_performance.png")
-            mlflow.log_artifact(str(tmp / "feature_importance.png"), "plots")
             mlflow.log_artifact(str(tmp / "holdout_performance.png"), "plots")
 
             # The holdout (with the challenger's scores) lets evaluation re-score any model on identical rows.

@@ -157,10 +157,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         baseline = client.get_run(first["baseline_run_id"])
         artifacts = {a.path for a in client.list_artifacts(first["run_id"])}
         artifacts |= {a.path for a in client.list_artifacts(first["run_id"], "plots")}
+        artifacts |= {a.path for a in client.list_artifacts(first["run_id"], "explanations")}
         profile = mlflow.artifacts.load_dict(f"runs:/{first['run_id']}/reference_profile.json")
+        shap = {role: mlflow.artifacts.load_dict(f"runs:/{run_id}/explanations/shap_summary.json")
+                for role, run_id in (("xgboost", first["run_id"]), ("baseline", first["baseline_run_id"]))}
+        models = {"xgboost": model, "baseline": mlflow.pyfunc.load_model(first["baseline_model_uri"])}
         yield {"spec": spec, "window": window, "first": first, "second": second, "run": run,
                "baseline": baseline, "artifacts": artifacts, "predictions": predictions,
-               "holdout": holdout, "profile": profile}
+               "holdout": holdout, "profile": profile, "shap": shap, "models": models}
 
 
 def test_metrics_in_sane_ranges(trained: dict) -> None:
@@ -194,7 +198,8 @@ def test_run_tags_params_and_artifacts(trained: dict) -> None:
     assert trained["baseline"].data.tags["evergreen.role"] == "baseline"
     assert trained["baseline"].data.tags["mlflow.parentRunId"] == trained["run"].info.run_id
     assert {"reference_profile.json", "window.json", "feature_schema.json", "holdout",
-            "plots/feature_importance.png", "plots/holdout_performance.png"} <= trained["artifacts"]
+            "plots/shap_importance.png", "plots/holdout_performance.png",
+            "explanations/shap_summary.json"} <= trained["artifacts"]
     contexts = sorted(t.value for i in trained["run"].inputs.dataset_inputs
                       for t in i.tags if t.key == "mlflow.data.context")
     assert contexts == ["holdout", "train", "validation"]
@@ -204,6 +209,56 @@ def test_pyfunc_predicts_probabilities_on_feature_frame(trained: dict) -> None:
     predictions = trained["predictions"]
     assert predictions.shape == (50,)
     assert ((predictions >= 0) & (predictions <= 1)).all()
+
+
+@pytest.mark.parametrize("role", ["xgboost", "baseline"])
+def test_shap_values_add_up_to_the_served_score_and_are_logged(trained: dict, role: str) -> None:
+    from evergreen import explain
+
+    spec, holdout, model = trained["spec"], trained["holdout"], trained["models"][role]
+    rows = holdout[list(spec.model_features)]
+    values = explain.contributions(model, rows)
+    assert list(values.columns) == [*spec.model_features, "__bias__"]
+    # SHAP's local accuracy: per row, the values and the expected score add up to the model's log-odds.
+    probability = np.clip(np.asarray(model.predict(rows), dtype=float), 1e-12, 1 - 1e-12)
+    np.testing.assert_allclose(values.sum(axis=1), np.log(probability / (1 - probability)), atol=2e-4)
+    summary = explain.attribution_summary(values)
+    logged = trained["shap"][role]
+    assert logged["rows"] == len(holdout)
+    assert list(logged["mean_abs_shap"]) == list(summary["mean_abs_shap"])  # same ranking
+    np.testing.assert_allclose(list(logged["mean_abs_shap"].values()), list(summary["mean_abs_shap"].values()),
+                               rtol=1e-5)
+    assert abs(sum(logged["shares"].values()) - 1) < 1e-9
+    assert trained["profile"]["attributions"] == trained["shap"]["xgboost"]  # the drift monitor's reference
+    if role == "xgboost":
+        # The simulated fraud depends on the device risk score and the amount above all.
+        assert set(list(logged["mean_abs_shap"])[:4]) & {"device_risk_score", "amount"}
+
+
+def test_reason_codes_rank_each_row_by_absolute_shap() -> None:
+    from evergreen import explain
+
+    values = pd.DataFrame({"a": [0.5, -2.0, 0.1], "b": [-1.0, 0.3, 0.1], "c": [0.2, 0.0, 0.1],
+                           "__bias__": [-3.0, -3.0, -3.0]})
+    codes = explain.reason_codes(values, 2)
+    assert codes["reason_1"].tolist() == ["b", "a", "a"]  # a tie keeps column order
+    assert codes["reason_1_shap"].tolist() == [-1.0, -2.0, 0.1]
+    assert codes["reason_2"].tolist() == ["a", "b", "b"]
+    assert list(codes.columns) == ["reason_1", "reason_1_shap", "reason_2", "reason_2_shap"]
+
+
+def test_attribution_drift_measures_the_shift_of_shares() -> None:
+    from evergreen import explain
+
+    reference = {"shares": {"a": 0.6, "b": 0.3, "c": 0.1}, "rows": 100}
+    same = explain.attribution_drift(reference, {"shares": {"a": 0.6, "b": 0.3, "c": 0.1}, "rows": 50},
+                                     threshold=0.2)
+    assert same["shift"] == pytest.approx(0.0) and not same["drifted"]
+    moved = explain.attribution_drift(reference, {"shares": {"a": 0.2, "b": 0.3, "c": 0.5}, "rows": 50},
+                                      threshold=0.2)
+    assert moved["shift"] == pytest.approx(0.4) and moved["drifted"]
+    assert set(list(moved["features"])[:2]) == {"a", "c"}  # largest movers first
+    assert explain.attribution_drift({}, moved, threshold=0.2)["status"].startswith("the reference profile has no")
 
 
 def test_reference_profile(trained: dict) -> None:

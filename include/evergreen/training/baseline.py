@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from evergreen.spec import PipelineSpec, TaskType
-from evergreen.training.model import FeatureSchema, predict_linear, prepare_features
+from evergreen.training.model import FeatureSchema, linear_design, predict_linear, prepare_features
 
 
 def build_baseline(spec: PipelineSpec, schema: FeatureSchema) -> Any:
@@ -84,10 +84,15 @@ def export_linear(pipeline: Any, schema: FeatureSchema) -> dict[str, Any]:
 
 
 def fit_baseline(spec: PipelineSpec, schema: FeatureSchema, sample: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
-    """Fit the linear baseline on ``sample`` and return its exported parameters."""
+    """Fit the linear baseline on ``sample`` and return its exported parameters, with the design's mean on
+    the sample (the reference point of its SHAP values)."""
     pipeline = build_baseline(spec, schema)
-    pipeline.fit(baseline_input(prepare_features(sample, schema), schema), y)
-    return export_linear(pipeline, schema)
+    matrix = prepare_features(sample, schema)
+    pipeline.fit(baseline_input(matrix, schema), y)
+    params = export_linear(pipeline, schema)
+    design, _ = linear_design(params, matrix)
+    params["design_mean"] = [float(v) for v in design.mean(axis=0)] if len(design) else [0.0] * design.shape[1]
+    return params
 
 
 def predict_baseline(params: dict[str, Any], frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:

@@ -112,12 +112,12 @@ def prepare_features(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame
     return pd.DataFrame(out, index=frame.index)
 
 
-def predict_linear(params: Mapping[str, Any], matrix: pd.DataFrame) -> np.ndarray:
-    """The linear baseline on a model matrix (:func:`prepare_features`), from its exported parameters:
-    impute (median, plus a missing indicator where training had gaps), standardise, one-hot encode
-    (unseen and missing values as in training), then the linear score (a probability for a logistic model).
-    numpy only, so the served baseline needs neither scikit-learn nor a pickle."""
+def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The linear baseline's design matrix from a model matrix (:func:`prepare_features`): impute (median,
+    plus a missing indicator where training had gaps), standardise, one-hot encode (unseen and missing
+    values as in training). Also the model column each design column comes from."""
     blocks: list[np.ndarray] = []
+    sources: list[str] = []
     numeric = params["numeric"]
     if numeric:
         values = np.column_stack([matrix[c].to_numpy(dtype="float64", na_value=np.nan) for c in numeric])
@@ -126,15 +126,44 @@ def predict_linear(params: Mapping[str, Any], matrix: pd.DataFrame) -> np.ndarra
         indicators = missing[:, [numeric.index(c) for c in params["indicators"]]].astype("float64")
         design = np.hstack([filled, indicators])
         blocks.append((design - np.asarray(params["mean"], dtype="float64")) / np.asarray(params["scale"], dtype="float64"))
+        sources += [*numeric, *params["indicators"]]
     for name, categories in params["categorical"]:
         text = matrix[name].astype("object").where(matrix[name].notna(), MISSING_CATEGORY).map(str)
         blocks.append((text.to_numpy(dtype=object)[:, None] == np.asarray(categories, dtype=object)[None, :])
                       .astype("float64"))
-    design = np.hstack(blocks) if blocks else np.empty((len(matrix), 0))
+        sources += [name] * len(categories)
+    return (np.hstack(blocks) if blocks else np.empty((len(matrix), 0))), sources
+
+
+def predict_linear(params: Mapping[str, Any], matrix: pd.DataFrame) -> np.ndarray:
+    """The linear baseline on a model matrix, from its exported parameters: the linear score of
+    :func:`linear_design` (a probability for a logistic model). numpy only, so the served baseline needs
+    neither scikit-learn nor a pickle."""
+    design, _ = linear_design(params, matrix)
     score = design @ np.asarray(params["coef"], dtype="float64") + float(params["intercept"])
     if params["link"] == "logistic":
         return 1.0 / (1.0 + np.exp(-score))
     return score
+
+
+BIAS = "__bias__"
+
+
+def linear_contributions(params: Mapping[str, Any], matrix: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """Exact SHAP values of the linear baseline (features taken as independent), in its link's space:
+    coefficient times the design column's distance from its training mean, summed per model column; the
+    last column is the expected score. Rows sum to the linear score, as XGBoost's ``pred_contribs`` do."""
+    design, sources = linear_design(params, matrix)
+    coef = np.asarray(params["coef"], dtype="float64")
+    # Standardised numerics have mean 0 on the training sample; one-hot columns have their category's rate.
+    centre = np.asarray(params.get("design_mean") or np.zeros(len(coef)), dtype="float64")
+    parts = (design - centre) * coef
+    out = np.zeros((len(matrix), len(columns) + 1), dtype="float64")
+    index = {name: i for i, name in enumerate(columns)}
+    for j, source in enumerate(sources):
+        out[:, index[source]] += parts[:, j]
+    out[:, -1] = float(params["intercept"]) + float(centre @ coef)
+    return out
 
 
 class EvergreenModel(mlflow.pyfunc.PythonModel):
@@ -163,6 +192,26 @@ class EvergreenModel(mlflow.pyfunc.PythonModel):
 
         matrix = xgboost_input(matrix, self._schema)
         return self._booster.predict(xgb.DMatrix(matrix, enable_categorical=True)).astype("float64")
+
+    def contributions(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        """SHAP values per row and model column (plus ``__bias__``): :func:`feature_contributions`."""
+        return feature_contributions(self._schema, pd.DataFrame(model_input), booster=self._booster,
+                                     linear=self._linear)
+
+
+def feature_contributions(schema: FeatureSchema, frame: pd.DataFrame, *, booster: Any = None,
+                          linear: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """SHAP values per row and model column (plus ``__bias__``) in the margin's space (log-odds for a
+    classifier): XGBoost's own TreeSHAP (``pred_contribs``), or the linear baseline's exact ones."""
+    matrix = prepare_features(frame, schema)
+    if linear is not None:
+        values = linear_contributions(linear, matrix, schema.columns)
+    else:
+        import xgboost as xgb
+
+        dmatrix = xgb.DMatrix(xgboost_input(matrix, schema), enable_categorical=True)
+        values = booster.predict(dmatrix, pred_contribs=True).astype("float64")
+    return pd.DataFrame(values, columns=[*schema.columns, BIAS], index=matrix.index)
 
 
 # Models from code: MLflow logs this file with the model and runs it to build the served object, so the

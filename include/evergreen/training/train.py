@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evergreen import settings, tracking
+from evergreen import explain, settings, tracking
 from evergreen.evaluation import BASELINE, XGBOOST, compute_metrics
 from evergreen.spec import PipelineSpec, TaskType
 from evergreen.training import model
 from evergreen.training.baseline import fit_baseline, predict_baseline
-from evergreen.training.model import FeatureSchema, prepare_features, xgboost_input
+from evergreen.training.model import FeatureSchema, feature_contributions, prepare_features, xgboost_input
 from evergreen.training.streaming import (
     StepTimer,
     TrainingData,
@@ -144,10 +144,11 @@ def reference_profile(spec: PipelineSpec, window: TrainingWindow, fitted: Fitted
 
 
 def with_scores(spec: PipelineSpec, features_profile: Mapping[str, Any], holdout: HoldoutScores,
-                scores: np.ndarray) -> dict[str, Any]:
+                scores: np.ndarray, attributions: Mapping[str, Any]) -> dict[str, Any]:
     """A model's reference profile: the features part plus its scores on the holdout, because live scores
-    are out-of-sample too (in-sample scores are sharper and would fake drift), and its daily holdout
-    metric. The scores part depends on the scores only, so an empty frame stands in for the holdout."""
+    are out-of-sample too (in-sample scores are sharper and would fake drift), its daily holdout metric
+    and its SHAP attributions on the holdout (the reference of attribution drift). The scores part depends
+    on the scores only, so an empty frame stands in for the holdout."""
     from evergreen.drift.profile import build_reference_profile
 
     profile = dict(features_profile)
@@ -155,6 +156,7 @@ def with_scores(spec: PipelineSpec, features_profile: Mapping[str, Any], holdout
                                                 seed=spec.model.seed)["scores"]
     profile["scores_source"] = "holdout"
     profile["holdout_daily"] = holdout_daily_metric(spec, holdout, scores)
+    profile["attributions"] = dict(attributions)
     return profile
 
 
@@ -185,6 +187,15 @@ class Challenger:
     profile: dict[str, Any]
     baseline_profile: dict[str, Any]
     steps: StepTimer
+
+    @property
+    def attributions(self) -> dict[str, Any]:
+        """XGBoost's SHAP summary on the holdout (:func:`evergreen.explain.attribution_summary`)."""
+        return self.profile["attributions"]
+
+    @property
+    def baseline_attributions(self) -> dict[str, Any]:
+        return self.baseline_profile["attributions"]
 
     def candidate(self, kind: str) -> Candidate:
         """One of the two models of this training as a candidate for promotion."""
@@ -224,6 +235,18 @@ class Candidate:
             return predict_baseline(self.challenger.baseline, frame, fitted.schema)
         return predict_booster(fitted.booster, fitted.schema, frame)
 
+    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """SHAP values on feature rows, as the registered model computes them."""
+        return candidate_contributions(self.kind, self.challenger.fitted, self.challenger.baseline, frame)
+
+
+def candidate_contributions(kind: str, fitted: FittedBooster, baseline: Mapping[str, Any],
+                            frame: pd.DataFrame) -> pd.DataFrame:
+    """SHAP values of the XGBoost model or the baseline of one training on feature rows."""
+    if kind == BASELINE:
+        return feature_contributions(fitted.schema, frame, linear=baseline)
+    return feature_contributions(fitted.schema, frame, booster=fitted.booster)
+
 
 def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: bool = True) -> Challenger:
     """The XGBoost fit (early-stopped on the validation days), the linear baseline, both scored on the
@@ -242,11 +265,17 @@ def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: boo
     metrics = compute_metrics(spec.task_type, holdout.y, holdout.challenger)
     baseline_metrics = compute_metrics(spec.task_type, holdout.y, holdout.baseline)
     steps.mark("holdout", rows=len(holdout.frame))
+    explained = holdout.frame.iloc[explain.summary_positions(len(holdout.frame))]
+    attributions = {kind: explain.attribution_summary(candidate_contributions(kind, fitted, baseline, explained))
+                    for kind in (XGBOOST, BASELINE)}
+    steps.mark("shap", rows=len(explained))
     features_profile = reference_profile(spec, window, fitted)
     return Challenger(window=window, params=params, fitted=fitted, baseline=baseline, holdout=holdout,
                       metrics=metrics, baseline_metrics=baseline_metrics,
-                      profile=with_scores(spec, features_profile, holdout, holdout.challenger),
-                      baseline_profile=with_scores(spec, features_profile, holdout, holdout.baseline), steps=steps)
+                      profile=with_scores(spec, features_profile, holdout, holdout.challenger, attributions[XGBOOST]),
+                      baseline_profile=with_scores(spec, features_profile, holdout, holdout.baseline,
+                                                   attributions[BASELINE]),
+                      steps=steps)
 
 
 def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Mapping[str, Any],
