@@ -44,6 +44,7 @@ from evergreen.evaluation import (
     compute_metrics,
     compute_slice_metrics,
     evaluate_gates,
+    fairness_metrics,
     higher_is_better,
     json_safe,
     promotion_outcome,
@@ -218,9 +219,13 @@ def _gate(spec: PipelineSpec, candidate: Candidate, champion: Candidate) -> dict
     if spec.gates.slice_feature:
         slices = compute_slice_metrics(spec.task_type, holdout.frame[spec.gates.slice_feature], holdout.y,
                                        candidate.holdout_scores, min_rows=spec.gates.min_slice_rows)
+    fairness = None
+    if spec.gates.fairness is not None:
+        fairness = fairness_metrics(spec, holdout.frame[spec.gates.fairness.attribute], holdout.y,
+                                    candidate.holdout_scores)
     classes = len(np.unique(holdout.y)) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None
     report = evaluate_gates(spec, candidate.metrics, candidate.challenger.baseline_metrics, champion_metrics, slices,
-                            classes, candidate=candidate.kind)
+                            classes, candidate=candidate.kind, fairness=fairness)
     return {**report.to_dict(), "champion_version": "scratch"}
 
 

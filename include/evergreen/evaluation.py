@@ -146,6 +146,52 @@ def compute_slice_metrics(
     return out
 
 
+def fairness_metrics(spec: PipelineSpec, groups: Any, y_true: Any, y_pred: Any) -> dict[str, Any]:
+    """``gates.fairness`` on holdout rows (fairlearn): the metric, the bound, and per group its rows,
+    selection rate (or mean prediction), true and false positive rates. Groups under ``min_group_rows``
+    are left out and listed; ``value`` is None when fewer than two groups remain or it is undefined."""
+    from fairlearn import metrics as fm
+
+    cfg = spec.gates.fairness
+    if cfg is None:
+        raise ValueError(f"{spec.name} has no gates.fairness")
+    labels = slice_values(pd.Series(groups).reset_index(drop=True))
+    y_true = np.asarray(y_true, dtype=float)
+    scores = np.asarray(y_pred, dtype=float)
+    counts = labels.value_counts()
+    kept = sorted(str(g) for g, n in counts.items() if n >= cfg.min_group_rows)
+    mask = labels.isin(kept).to_numpy()
+    out: dict[str, Any] = {"attribute": cfg.attribute, "metric": cfg.metric, "value": None,
+                           "bound": "max" if cfg.max is not None else "min",
+                           "limit": cfg.max if cfg.max is not None else cfg.min, "threshold": cfg.threshold,
+                           "min_group_rows": cfg.min_group_rows, "groups": {},
+                           "excluded_groups": {str(g): int(n) for g, n in counts.items() if n < cfg.min_group_rows}}
+    if len(kept) < 2:
+        return {**out, "status": f"{len(kept)} {cfg.attribute} group(s) with >= {cfg.min_group_rows} rows, need 2"}
+    sensitive, truth, score = labels[mask].to_numpy(), y_true[mask], scores[mask]
+    regression = spec.task_type == TaskType.REGRESSION
+    decided = score if regression else (score >= cfg.threshold).astype(int)
+    by_group: dict[str, Any] = {"rows": fm.count}
+    if regression:
+        by_group["mean_prediction"] = fm.mean_prediction
+    else:
+        truth = truth.astype(int)
+        by_group.update(selection_rate=fm.selection_rate, true_positive_rate=fm.true_positive_rate,
+                        false_positive_rate=fm.false_positive_rate)
+    frame = fm.MetricFrame(metrics=by_group, y_true=truth, y_pred=decided, sensitive_features=sensitive)
+    out["groups"] = {str(g): {k: (int(v) if k == "rows" else float(v)) for k, v in row.items()}
+                     for g, row in frame.by_group.to_dict(orient="index").items()}
+    if regression:
+        value = float(frame.difference()["mean_prediction"])
+    else:
+        metric = getattr(fm, cfg.metric)
+        value = float(metric(truth, decided, sensitive_features=sensitive))
+    if not math.isfinite(value):
+        return {**out, "status": f"{cfg.metric} is undefined on this holdout (a group lacks a class)"}
+    passed = value <= cfg.max if cfg.max is not None else value >= cfg.min
+    return {**out, "value": value, "passed": bool(passed), "status": "ok"}
+
+
 NOT_EVALUATED = "not_evaluated"
 
 
@@ -183,6 +229,7 @@ class GateReport:
     champion_metrics: dict[str, float] | None = None
     slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     candidate: str = XGBOOST  # which model of the training the gates judged
+    fairness: dict[str, Any] | None = None  # fairness_metrics of the candidate, with gates.fairness
 
     @property
     def failed(self) -> list[GateResult]:
@@ -211,10 +258,12 @@ def evaluate_gates(
     slice_metrics: Mapping[str, Mapping[str, float]],
     holdout_classes: int | None = None,
     candidate: str = XGBOOST,
+    fairness: Mapping[str, Any] | None = None,
 ) -> GateReport:
     """Apply ``spec.gates`` to already-computed metrics (pure: no I/O, no MLflow). ``challenger_metrics``
     are the candidate's: XGBoost's, or the baseline's when ``candidate`` is ``baseline``.
-    ``holdout_classes``: the classes present in a binary holdout, to say why a primary metric is undefined."""
+    ``holdout_classes``: the classes present in a binary holdout, to say why a primary metric is undefined.
+    ``fairness``: the candidate's :func:`fairness_metrics` (required with ``gates.fairness``)."""
     gates_spec = spec.gates
     primary = spec.primary_metric
     higher_is_better(primary)  # fail loudly on a typo in the spec's primary metric
@@ -296,8 +345,22 @@ def evaluate_gates(
                                         f"best-worst {primary} spread across {len(scored)} "
                                         f"{gates_spec.slice_feature} slices"))
 
+    if gates_spec.fairness is not None:
+        cfg = gates_spec.fairness
+        name, limit = f"fairness:{cfg.metric}", cfg.max if cfg.max is not None else cfg.min
+        op = "<=" if cfg.max is not None else ">="
+        if fairness is None or fairness.get("value") is None:
+            why = (fairness or {}).get("status") or "no fairness metrics computed"
+            gates.append(GateResult(name, None, limit, False, f"not evaluated: {why}", status=NOT_EVALUATED))
+        else:
+            value = float(fairness["value"])
+            ok = value <= cfg.max if cfg.max is not None else value >= cfg.min
+            gates.append(GateResult(name, value, limit, ok, f"{cfg.metric} across {len(fairness['groups'])} "
+                                                            f"{cfg.attribute} groups {op} {limit}"))
+
     return GateReport(
         candidate=candidate,
+        fairness=dict(fairness) if fairness is not None else None,
         passed=all(g.passed for g in gates),
         gates=gates,
         primary_metric=primary,
@@ -416,6 +479,7 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from evergreen import layout, registry, storage, tracking
+    from evergreen.errors import DataQualityError
     from evergreen.tracking import Tag
 
     client = MlflowClient()
@@ -460,10 +524,19 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
     if slice_feature:
         slice_metrics = compute_slice_metrics(spec.task_type, holdout[slice_feature], y_true, challenger_pred,
                                               min_rows=spec.gates.min_slice_rows)
+    fairness = champion_fairness = None
+    if spec.gates.fairness is not None:
+        attribute = spec.gates.fairness.attribute
+        if attribute not in holdout.columns:
+            raise DataQualityError(f"the holdout of run {run_id} lacks the fairness attribute {attribute!r}: "
+                                   f"retrain on partitions that carry it")
+        fairness = fairness_metrics(spec, holdout[attribute], y_true, challenger_pred)
+        if champion is not None:  # reported beside the candidate's, not gated: the card compares them
+            champion_fairness = fairness_metrics(spec, holdout[attribute], y_true, champion_pred)
 
     classes = len(np.unique(y_true)) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None
     report = evaluate_gates(spec, challenger_metrics, baseline_metrics, champion_metrics, slice_metrics, classes,
-                            candidate=candidate)
+                            candidate=candidate, fairness=fairness)
     result: dict[str, Any] = {
         **report.to_dict(),
         "spec": spec.name,
@@ -474,6 +547,7 @@ def evaluate_challenger(spec: PipelineSpec, run_id: str) -> dict[str, Any]:
         "model_name": spec.registered_model_name,
         "champion_version": str(champion.version) if champion is not None else None,
         "champion_run_id": champion.run_id if champion is not None else None,
+        "champion_fairness": champion_fairness,
         "holdout_rows": len(holdout),
         "data_digest": tags.get(Tag.DATA_DIGEST),
         "as_of": tags.get(Tag.AS_OF),

@@ -88,10 +88,13 @@ class SourceSpec(_Model):
 
 
 class FeatureSpec(_Model):
-    """A model input column and the data expectations that guard it."""
+    """A column of the feature table and the data expectations that guard it. ``use: model`` (default): a
+    model input. ``use: attribute``: validated and stored like a feature, never shown to the model, e.g. a
+    protected attribute that the fairness gate groups the holdout by."""
 
     name: ColumnName
     type: FeatureType
+    use: Literal["model", "attribute"] = "model"
     description: str = ""
     nullable: bool = True
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -243,6 +246,36 @@ class PromotionSpec(_Model):
     approval_timeout_hours: float = Field(default=24.0, gt=0)
 
 
+FAIRNESS_DIFFERENCES = ("demographic_parity_difference", "equalized_odds_difference",
+                        "true_positive_rate_difference", "false_positive_rate_difference")
+FAIRNESS_RATIOS = ("demographic_parity_ratio", "equalized_odds_ratio")
+FAIRNESS_REGRESSION = ("mean_prediction_difference",)
+
+
+class FairnessGateSpec(_Model):
+    """A group-fairness gate on the holdout (fairlearn's metrics), grouped by ``attribute`` (a feature or a
+    ``use: attribute`` column). Classification metrics judge the decisions ``score >= threshold``; the
+    ``*_difference`` metrics (largest minus smallest group) need ``max``, the ``*_ratio`` ones (smallest over
+    largest) ``min``. ``mean_prediction_difference`` is the regression one. Groups under ``min_group_rows``
+    holdout rows are left out; fewer than two groups leave the gate not evaluated (never a pass)."""
+
+    attribute: ColumnName
+    metric: Literal[FAIRNESS_DIFFERENCES + FAIRNESS_RATIOS + FAIRNESS_REGRESSION]  # type: ignore[valid-type]
+    max: float | None = Field(default=None, ge=0)
+    min: float | None = Field(default=None, ge=0, le=1)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    min_group_rows: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _bound(self) -> FairnessGateSpec:
+        ratio = self.metric in FAIRNESS_RATIOS
+        if ratio and (self.min is None or self.max is not None):
+            raise ValueError(f"{self.metric} is a ratio (1 = parity): give min, not max")
+        if not ratio and (self.max is None or self.min is not None):
+            raise ValueError(f"{self.metric} is a difference (0 = parity): give max, not min")
+        return self
+
+
 class GatesSpec(_Model):
     """Promotion gates. Metric names are the evaluation module's (roc_auc, rmse, ...)."""
 
@@ -261,6 +294,14 @@ class GatesSpec(_Model):
     # The linear baseline is a candidate too: when it beats XGBoost on the holdout, it is the model judged
     # by the gates and registered (false: XGBoost is always the candidate and must beat the baseline).
     baseline_candidate: bool = True
+    fairness: FairnessGateSpec | None = None
+
+
+class ScoringSpec(_Model):
+    """Batch scoring. ``explain_top_k``: each prediction row also carries its ``k`` largest SHAP reason codes
+    (``reason_<i>`` and ``reason_<i>_shap``); 0 = none."""
+
+    explain_top_k: int = Field(default=0, ge=0, le=20)
 
 
 class DriftSpec(_Model):
@@ -280,6 +321,10 @@ class DriftSpec(_Model):
     # with calendar features legitimately move their scores with the weekly cycle.
     prediction_drift_in_verdict: bool = False
     max_performance_drop: float = Field(default=0.05, ge=0)
+    # Attribution drift: the features' shares of mean |SHAP| on the day against the holdout's (total
+    # variation distance); always reported, in the verdict only when attribution_drift_in_verdict.
+    attribution_shift_threshold: float = Field(default=0.2, gt=0, le=1)
+    attribution_drift_in_verdict: bool = False
     # With late labels (``labels:``): the champion's realized primary metric, pooled over its last this
     # many outcome days, against its holdout metric; a drop beyond max_performance_drop retrains.
     performance_window_days: int = Field(default=7, ge=1)
@@ -382,6 +427,7 @@ class PipelineSpec(_Model):
     gates: GatesSpec = GatesSpec()
     promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
+    scoring: ScoringSpec = ScoringSpec()
     labels: LabelsSpec | None = None
     alerts: AlertsSpec = AlertsSpec()
     simulation: SimulationSpec | None = None
@@ -418,9 +464,18 @@ class PipelineSpec(_Model):
         if self.gates.slice_feature and self.gates.slice_feature not in self.model_features:
             raise ValueError(f"gates.slice_feature {self.gates.slice_feature!r} is not a feature (time features "
                              f"count when etl.time_features is on)")
-        unknown = sorted(set(self.drift.key_features) - feature_names)
+        unknown = sorted(set(self.drift.key_features) - set(self.model_features))
         if unknown:
-            raise ValueError(f"drift.key_features are not features: {unknown}")
+            raise ValueError(f"drift.key_features are not model features: {unknown}")
+        fairness = self.gates.fairness
+        if fairness is not None:
+            if fairness.attribute not in {*feature_names, *self.model_features}:
+                raise ValueError(f"gates.fairness.attribute {fairness.attribute!r} is not a feature or attribute")
+            regression = self.task_type == TaskType.REGRESSION
+            if regression != (fairness.metric in FAIRNESS_REGRESSION):
+                raise ValueError(f"gates.fairness.metric {fairness.metric!r} does not apply to {self.task_type.value}")
+        if not self.model_features:
+            raise ValueError("the model needs at least one feature with use: model")
         if self.promotion.mode == "shadow" and self.labels is None:
             raise ValueError("promotion.mode shadow judges the challenger on realized outcomes: it needs labels:")
         if self.labels is not None:
@@ -505,11 +560,22 @@ class PipelineSpec(_Model):
 
     @property
     def model_features(self) -> dict[str, FeatureType]:
-        """Columns the model sees, in order: spec features, then derived time features."""
-        types = {f.name: f.type for f in self.features}
+        """Columns the model sees, in order: spec features (``use: model``), then derived time features."""
+        types = {f.name: f.type for f in self.features if f.use == "model"}
         if self.etl.time_features:
             types.update(TIME_FEATURES)
         return types
+
+    @property
+    def attribute_columns(self) -> list[str]:
+        """Stored columns the model never sees (``use: attribute``)."""
+        return [f.name for f in self.features if f.use == "attribute"]
+
+    @property
+    def feature_table_columns(self) -> list[str]:
+        """A feature partition's columns, in order: keys, timestamp, model features, attributes, target."""
+        return [*self.entity_keys, self.timestamp_column, *self.model_features, *self.attribute_columns,
+                self.target.name]
 
     def dag_id(self, kind: str) -> str:
         return f"{self.name}_{kind}"

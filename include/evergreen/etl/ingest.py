@@ -309,7 +309,7 @@ def _validated_raw_partition(spec: PipelineSpec, ds: dt.date) -> tuple[pd.DataFr
 
 
 def build_features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """Typed feature rows in a stable order: keys, timestamp, features, time features, target."""
+    """Typed feature rows in a stable order: keys, timestamp, features, time features, attributes, target."""
     import pandas as pd
 
     out: dict[str, Any] = {}
@@ -330,7 +330,7 @@ def build_features(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
         out[spec.target.name] = pd.Series(float("nan"), index=frame.index, dtype="float64")
     features = add_time_features(pd.DataFrame(out), spec)
     return sort_canonical(
-        features[[*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]], spec
+        features[spec.feature_table_columns], spec
     )
 
 

@@ -193,7 +193,7 @@ def cap_rows(frame: pd.DataFrame, keys: list[str], cap: int) -> pd.DataFrame:
 
 
 def training_columns(spec: PipelineSpec) -> list[str]:
-    return [*spec.entity_keys, spec.timestamp_column, *spec.model_features, spec.target.name]
+    return spec.feature_table_columns
 
 
 def labelled(spec: PipelineSpec, frame: pd.DataFrame) -> pd.DataFrame:
