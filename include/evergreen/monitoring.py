@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from evergreen import layout, registry, storage, tracking
+from evergreen import explain, layout, registry, storage, tracking
 from evergreen.errors import DataQualityError, MissingDataError, NoChampionError
 from evergreen.spec import PipelineSpec
 
@@ -65,20 +65,30 @@ def score_partition(spec: PipelineSpec, ds: dt.date, models: ServingModels | Non
     models_used = serving.versions
     out_dir = storage.partition_dir(layout.PREDICTIONS, spec.name, ds)
     existing = storage.read_manifest(out_dir)
+    top_k = spec.scoring.explain_top_k
     if (existing and existing.get("features_content_sha256") == features_manifest["content_sha256"]
-            and existing.get("models") == models_used):
+            and existing.get("models") == models_used and existing.get("explain_top_k", 0) == top_k
+            and "attributions" in existing):
         log.info("predictions for %s ds=%s are current (models %s); nothing to do", spec.name, ds, models_used)
         return _prediction_reference(out_dir, existing)
 
     frame = storage.read_partition(feature_dir, expected_sha256=features_manifest["content_sha256"])
     name = spec.registered_model_name
     parts = []
+    attributions: dict[str, Any] = {}
     for role, version in models_used.items():
-        scores = score_frame(serving.model(version), frame) if len(frame) else []
+        model = serving.model(version)
+        scores = score_frame(model, frame) if len(frame) else []
         part = frame[[*spec.entity_keys, spec.timestamp_column]].copy()
         part["model_role"] = pd.Series([role] * len(frame), dtype="str", index=frame.index)
         part["model_version"] = pd.Series([version] * len(frame), dtype="str", index=frame.index)
         part["prediction"] = pd.Series(scores, dtype="float64", index=frame.index)
+        # SHAP on every row when each row gets reason codes, else on a bounded subset for the day's summary.
+        rows = frame if top_k else frame.iloc[explain.summary_positions(len(frame))]
+        values = explain.contributions(model, rows) if len(rows) else None
+        attributions[version] = explain.attribution_summary(values) if values is not None else None
+        if top_k and values is not None:
+            part = pd.concat([part, explain.reason_codes(values, top_k)], axis=1)
         parts.append(part)
     predictions = pd.concat(parts, ignore_index=True)
     data = storage.frame_to_parquet_bytes(predictions)
@@ -93,6 +103,8 @@ def score_partition(spec: PipelineSpec, ds: dt.date, models: ServingModels | Non
         "models": models_used,
         "model_name": name,
         "features_content_sha256": features_manifest["content_sha256"],
+        "explain_top_k": top_k,
+        "attributions": attributions,  # per model version: mean |SHAP| per feature on the day
     }
     storage.publish(out_dir, manifest)
     log.info("scored %s ds=%s: %d rows with %s", spec.name, ds, len(frame), models_used)
@@ -107,6 +119,7 @@ def _prediction_reference(directory: Any, manifest: dict[str, Any]) -> dict[str,
         "models": manifest["models"],
         "content_sha256": manifest["content_sha256"],
         "features_content_sha256": manifest["features_content_sha256"],
+        "attributions": manifest.get("attributions") or {},
     }
 
 
@@ -259,6 +272,7 @@ def monitor_partition(spec: PipelineSpec, ds: dt.date, *, reference: ChampionRef
         labels=labels,
         champion_metric=reference.metrics,
         ds=ds,
+        attributions=scored["attributions"].get(scored["models"][registry.CHAMPION]),
     )
     report["features_content_sha256"] = manifest.get("content_sha256")
     report["predictions_content_sha256"] = scored["content_sha256"]

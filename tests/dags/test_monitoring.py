@@ -126,6 +126,17 @@ def test_monitor_and_sensor_dags_on_drift_and_no_drift(airflow_db: Path, storage
     assert set(_training_runs()) == before
     predictions = storage.read_partition(storage.partition_dir("predictions", "fraud", as_of + dt.timedelta(days=1)))
     assert set(predictions["model_version"]) == {"1"} and predictions["prediction"].between(0, 1).all()
+    # Reason codes (scoring.explain_top_k: 3): the row's three largest |SHAP|, in order, all model features.
+    assert {"reason_1", "reason_2", "reason_3", "reason_3_shap"} <= set(predictions.columns) and \
+        set(predictions[["reason_1", "reason_2", "reason_3"]].stack()) <= set(FRAUD.model_features)
+    shap = predictions[["reason_1_shap", "reason_2_shap", "reason_3_shap"]].abs()
+    assert (shap["reason_1_shap"] >= shap["reason_2_shap"]).all() and (shap["reason_2_shap"] >= shap["reason_3_shap"]).all()
+    assert (predictions["reason_1"] != predictions["reason_2"]).all()
+    # Attribution drift on normal days: the champion leans on its features as it did on the holdout.
+    normal = read_drift_report(FRAUD, as_of + dt.timedelta(days=5))["attribution"]
+    assert normal["status"] == "ok" and normal["shift"] < normal["threshold"] and not normal["drifted"]
+    assert abs(sum(f["current"] for f in normal["features"].values()) - 1) < 1e-6
+    assert "Attributions" in html
 
     # Covariate drift from day 10 on: the report says so, the sensor triggers exactly one training run.
     drift_day = as_of + dt.timedelta(days=10)
@@ -133,6 +144,7 @@ def test_monitor_and_sensor_dags_on_drift_and_no_drift(airflow_db: Path, storage
     assert str(run_dag("fraud_drift_monitor").state) == "success"
     report = read_drift_report(FRAUD, drift_day)
     assert report["drift_detected"] is True and report["reasons"]
+    assert report["attribution"]["shift"] > normal["shift"]  # the shifted inputs move the attributions too
     sensor = run_dag("fraud_drift_sensor")
     decided = xcom_value(sensor, "decide_retrain")
     run_id = decided["trigger"]["run_id"]

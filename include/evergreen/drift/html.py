@@ -180,8 +180,22 @@ def render_report_html(report: Mapping[str, Any]) -> str:
             f"{_num(performance.get('threshold'), '.1%')}) on {_e(performance.get('labeled_rows', 0))} labelled "
             f"rows: {_e(performance.get('status', ''))}",
         ))
+    attribution = report.get("attribution")
+    if attribution:
+        summary_rows.append(("Attribution shift", f"{_num(attribution.get('shift'))} (threshold "
+                                                  f"{_num(attribution.get('threshold'), 'g')}) "
+                                                  f"{_e(attribution.get('status', ''))}"))
     out.extend(f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in summary_rows)
     out.append("</table>")
+
+    if attribution and attribution.get("features"):
+        out.append("<h2>Attributions</h2><p class=\"legend\">Each feature's share of the champion's mean |SHAP|: "
+                   "on its holdout (reference) and on this day; largest changes first.</p><table><tr><th>Feature"
+                   "</th><th>Reference share</th><th>Current share</th><th>Change</th></tr>")
+        out.extend(f"<tr><td>{_e(name)}</td><td>{_num(row.get('reference'), '.1%')}</td><td>"
+                   f"{_num(row.get('current'), '.1%')}</td><td>{_num(row.get('delta'), '+.1%')}</td></tr>"
+                   for name, row in attribution["features"].items())
+        out.append("</table>")
 
     if features:
         out.append("<h2>Features</h2><table><tr><th>Feature</th><th>Type</th><th>PSI</th><th>KS p</th>"

@@ -299,10 +299,13 @@ def drift_report(
     labels: Any = None,
     champion_metric: float | Mapping[str, float] | None = None,
     ds: dt.date,
+    attributions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare one day's feature rows (and the champion's scores/labels if given) with the reference profile.
 
     ``champion_metric`` is the champion's holdout primary metric (a number, or its metrics mapping).
+    ``attributions``: the champion's SHAP summary on the day (:mod:`evergreen.explain`), judged against the
+    profile's (``attribution``: reported; in the verdict with ``drift.attribution_drift_in_verdict``).
     Returns a JSON-safe, deterministic dict: ``drift_detected``, ``reasons``, ``drifted_share``,
     ``drifted_features``, per-feature ``features`` (stats, ``drifted``, ``checks``), ``prediction``,
     ``performance``, ``spec``, ``ds``, ``rows``, ``champion_version`` and the ``thresholds`` used.
@@ -329,6 +332,7 @@ def drift_report(
         "features": {},
         "prediction": None,
         "performance": None,
+        "attribution": None,
     }
     if rows == 0:
         report["reasons"] = ["no rows"]
@@ -401,6 +405,17 @@ def drift_report(
                 f"(max_performance_drop {cfg.max_performance_drop:.1%})"
             )
         report["performance"] = performance
+
+    if attributions is not None:
+        from evergreen.explain import attribution_drift
+
+        attribution = attribution_drift(profile.get("attributions"), attributions,
+                                        threshold=cfg.attribution_shift_threshold)
+        if attribution["drifted"] and cfg.attribution_drift_in_verdict:
+            movers = ", ".join(f"{n} {f['delta']:+.0%}" for n, f in list(attribution["features"].items())[:3])
+            reasons.append(f"attribution shift {attribution['shift']:.3f} > attribution_shift_threshold "
+                           f"{cfg.attribution_shift_threshold} ({movers})")
+        report["attribution"] = attribution
 
     trained_through = profile.get("trained_through")
     judged = trained_through is None or ds > dt.date.fromisoformat(str(trained_through))
