@@ -1,4 +1,5 @@
-"""``evergreen`` command line: specs, demo data, one-off ETL, backtests, rollback and decision history."""
+"""``evergreen`` command line: specs, demo data, one-off ETL, backtests, rollback, decision history and online
+serving."""
 
 from __future__ import annotations
 
@@ -131,6 +132,15 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from evergreen.serving import serve
+    from evergreen.spec import get_spec
+
+    options = {"poll_seconds": args.poll_seconds} if args.poll_seconds is not None else {}
+    serve(get_spec(args.spec), host=args.host, port=args.port, **options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evergreen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", help="print the promotion decision log of a spec")
     hist.add_argument("--spec", required=True)
     hist.set_defaults(func=_cmd_history)
+
+    srv = sub.add_parser("serve", help="serve the spec's @champion over HTTP, following the alias (docs/serving.md)")
+    srv.add_argument("--spec", required=True)
+    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--poll-seconds", type=float, help="how often to read the alias "
+                                                        "(default: $EVERGREEN_SERVING_POLL_SECONDS, 30)")
+    srv.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -5,6 +5,7 @@
     features/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json    validated feature partitions
     quarantine/<spec>/ds=YYYY-MM-DD/rows.parquet | raw/ + validation.json rejected raw data and its report
     predictions/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json batch scores (champion, shadow)
+    predictions/online/<spec>/ds=YYYY-MM-DD/part-<UTC time>-<sha>.parquet online scores (`evergreen serve`), appended
     labels/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json      labels by arrival day (late labels)
     outcomes/<spec>/ds=YYYY-MM-DD/part-<sha>.parquet + _manifest.json    predictions joined to their labels
     reports/performance/<spec>/report.json + report.html                  realized performance per day and model
@@ -26,6 +27,7 @@ import datetime as dt
 FEATURES = "features"
 QUARANTINE = "quarantine"
 PREDICTIONS = "predictions"
+ONLINE_PREDICTIONS = "predictions/online"  # append-only parts, no manifest (storage.append_part)
 LABELS = "labels"
 OUTCOMES = "outcomes"
 PERFORMANCE_REPORTS = "reports/performance"

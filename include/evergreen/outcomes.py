@@ -23,6 +23,12 @@ each a transaction keyed by a day:
 
 The day of a prediction is its partition's ``ds``; with ``labels.event_time`` a label also names its
 event's day, for keys that repeat across days.
+
+Online predictions (``evergreen serve``'s log, ``predictions/online/<spec>/ds=<event day>/``) are joined
+by the same rules into the same outcome partitions, their rows marked ``source`` = ``online`` (and the
+batch rows ``batch``; a day without online predictions is written exactly as before, without the column).
+The manifest's ``online`` holds their own per-version metrics; ``models`` and the realized metrics stay the
+batch scoring's, so an event scored both online and in batch is not counted twice.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ LABEL = "label"
 ARRIVED = "label_arrived"
 EVENT_DAY = "event_day"
 ROW = "label_row"  # position in the arrival day's files: the tie-break of "first to arrive wins"
+SOURCE = "source"  # of an outcome row, on days with online predictions: BATCH or ONLINE
+BATCH = "batch"  # scored by the drift monitor (monitoring.score_partition)
+ONLINE = "online"  # served over HTTP (evergreen.serving), logged with its request
+ONLINE_COLUMNS = ("request_id", "request_row", "served_at")  # what an online outcome row adds
 
 
 def _require_labels(spec: PipelineSpec) -> None:
@@ -304,32 +314,45 @@ def label_book(spec: PipelineSpec, as_of: dt.date, since: dt.date | None = None)
 
 
 def join_outcomes(spec: PipelineSpec, ds: dt.date, book: LabelBook) -> dict[str, Any] | None:
-    """Write ``outcomes/<spec>/ds=<ds>`` from the day's predictions and ``book``; None without predictions."""
-    import numpy as np
-
-    from evergreen.evaluation import compute_metrics, json_safe
+    """Write ``outcomes/<spec>/ds=<ds>`` from the day's predictions (batch and online) and ``book``; None
+    without predictions."""
+    from evergreen.evaluation import json_safe
 
     pred_dir = storage.partition_dir(layout.PREDICTIONS, spec.name, ds)
     pred_manifest = storage.read_manifest(pred_dir)
-    if pred_manifest is None:
+    online = online_predictions(spec, ds)
+    if pred_manifest is None and online is None:
         return None
+    batch_sha = pred_manifest["content_sha256"] if pred_manifest is not None else None
+    online_digest = online[1] if online is not None else None
     out_dir = storage.partition_dir(layout.OUTCOMES, spec.name, ds)
     existing = storage.read_manifest(out_dir)
-    if (existing and existing.get("predictions_content_sha256") == pred_manifest["content_sha256"]
-            and existing.get("labels_digest") == book.digest):
+    if (existing and existing.get("predictions_content_sha256") == batch_sha
+            and existing.get("labels_digest") == book.digest and existing.get("online_parts_digest") == online_digest):
         return _outcome_reference(out_dir, existing)
-    predictions = storage.read_partition(pred_dir, expected_sha256=pred_manifest["content_sha256"])
-    joined, counts = book.attach(predictions, ds)
-    target = spec.target.name
-    models: dict[str, Any] = {}
-    for role, version in (pred_manifest.get("models") or {}).items():
-        rows = joined[(joined["model_role"] == role) & (joined["model_version"] == str(version))]
-        labelled = rows[rows[target].notna()]
-        y = labelled[target].to_numpy(dtype="float64")
-        metrics = compute_metrics(spec.task_type, y, labelled["prediction"].to_numpy(dtype="float64")) if len(y) else {}
-        models[role] = {"version": str(version), "rows": len(rows), "labelled": len(labelled),
-                        "coverage": len(labelled) / len(rows) if len(rows) else 0.0, "metrics": metrics,
-                        "classes": sorted({int(v) for v in np.unique(y)}) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None}
+    frames, models, counts = [], {}, {"labelled": 0, "late": 0}
+    if pred_manifest is not None:
+        predictions = storage.read_partition(pred_dir, expected_sha256=batch_sha)
+        joined, counts = book.attach(predictions, ds)
+        models = {role: _realized(spec, joined[(joined["model_role"] == role)
+                                                & (joined["model_version"] == str(version))], str(version))
+                  for role, version in (pred_manifest.get("models") or {}).items()}
+        frames.append(joined)
+    extra: dict[str, Any] = {}
+    if online is not None:
+        served, served_counts = book.attach(online[0], ds)
+        versions = {v: _realized(spec, served[served["model_version"] == v], v)
+                    for v in sorted(served["model_version"].unique())}
+        extra = {"online_parts_digest": online_digest,
+                 "online": {"rows": len(served), "labelled": served_counts["labelled"], "late": served_counts["late"],
+                            "parts": online[2], "versions": versions}}
+        frames = [*(f.assign(**{SOURCE: BATCH}) for f in frames), served.assign(**{SOURCE: ONLINE})]
+    if len(frames) > 1:
+        import pandas as pd
+
+        joined = pd.concat(frames, ignore_index=True)
+    else:
+        joined = frames[0]
     data = storage.frame_to_parquet_bytes(joined.reset_index(drop=True))
     name = storage.stage_data_file(out_dir, data)
     roles = len(models) or 1
@@ -338,14 +361,48 @@ def join_outcomes(spec: PipelineSpec, ds: dt.date, book: LabelBook) -> dict[str,
         "content_sha256": storage.sha256_bytes(data),
         "files": [{"name": name, "sha256": storage.sha256_bytes(data), "rows": len(joined), "bytes": len(data)}],
         "labels_as_of": book.as_of.isoformat(), "labels_digest": book.digest,
-        "predictions_content_sha256": pred_manifest["content_sha256"],
+        "predictions_content_sha256": batch_sha,
         "max_delay_days": spec.labels.max_delay_days,
         # Per row of the day, not per prediction (each row is scored once per serving model).
         "labelled_rows": counts["labelled"] // roles, "late_labels": counts["late"] // roles,
         "models": models,
+        **extra,
     })
     storage.publish(out_dir, manifest)
     return _outcome_reference(out_dir, manifest)
+
+
+def _realized(spec: PipelineSpec, rows: pd.DataFrame, version: str) -> dict[str, Any]:
+    """One model's outcome on some joined rows: rows, labelled rows, coverage, the spec's metrics on them."""
+    import numpy as np
+
+    from evergreen.evaluation import compute_metrics
+
+    labelled = rows[rows[spec.target.name].notna()]
+    y = labelled[spec.target.name].to_numpy(dtype="float64")
+    metrics = compute_metrics(spec.task_type, y, labelled["prediction"].to_numpy(dtype="float64")) if len(y) else {}
+    return {"version": version, "rows": len(rows), "labelled": len(labelled),
+            "coverage": len(labelled) / len(rows) if len(rows) else 0.0, "metrics": metrics,
+            "classes": sorted({int(v) for v in np.unique(y)}) if spec.task_type == TaskType.BINARY_CLASSIFICATION else None}
+
+
+def online_predictions(spec: PipelineSpec, ds: dt.date) -> tuple[pd.DataFrame, str, int] | None:
+    """The online predictions logged for event day ``ds`` (the columns a batch prediction has, and
+    :data:`ONLINE_COLUMNS`), a digest of the part files they came from, and how many; None without any."""
+    found = storage.read_parts(storage.partition_dir(layout.ONLINE_PREDICTIONS, spec.name, ds))
+    if found is None:
+        return None
+    frame, names = found
+    rows = frame[[*spec.entity_keys, spec.timestamp_column, "model_version", "prediction", *ONLINE_COLUMNS]].copy()
+    # Served by the champion alias; ``source`` tells these rows from the batch champion's.
+    rows.insert(len(spec.entity_keys) + 1, "model_role", "champion")
+    rows["request_row"] = rows["request_row"].astype("Int64")  # stays an integer beside the batch rows
+    return rows, storage.sha256_bytes("\n".join(names).encode()), len(names)
+
+
+def batch_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """An outcome partition's batch-scored rows (all of them on a day without online predictions)."""
+    return frame[frame[SOURCE] == BATCH] if SOURCE in frame.columns else frame
 
 
 def _outcome_reference(directory: Any, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -402,7 +459,8 @@ def realized_metric(spec: PipelineSpec, version: str, last_days: int) -> dict[st
         return None
     ys, preds = [], []
     for day in days:
-        frame = storage.read_partition(storage.partition_dir(layout.OUTCOMES, spec.name, dt.date.fromisoformat(day["ds"])))
+        frame = batch_rows(storage.read_partition(
+            storage.partition_dir(layout.OUTCOMES, spec.name, dt.date.fromisoformat(day["ds"]))))
         rows = frame[(frame["model_version"] == str(version)) & frame[spec.target.name].notna()]
         ys.append(rows[spec.target.name].to_numpy(dtype="float64"))
         preds.append(rows["prediction"].to_numpy(dtype="float64"))
@@ -428,7 +486,7 @@ def shadow_comparison(spec: PipelineSpec, champion: str, challenger: str, *, aft
         models = (manifest or {}).get("models") or {}
         if {m["version"] for m in models.values()} < {str(champion), str(challenger)}:
             continue
-        frame = storage.read_partition(path, expected_sha256=manifest["content_sha256"])
+        frame = batch_rows(storage.read_partition(path, expected_sha256=manifest["content_sha256"]))
         frame = frame[frame[target].notna()]
         pair = frame[frame["model_version"] == str(champion)].merge(
             frame[frame["model_version"] == str(challenger)][[*keys, "prediction"]], on=keys, suffixes=("", "_shadow"))

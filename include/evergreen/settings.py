@@ -19,9 +19,15 @@ MLFLOW_ARTIFACT_ROOT = "EVERGREEN_MLFLOW_ARTIFACT_ROOT"
 TRAINING_SPILL_DIR = "EVERGREEN_TRAINING_SPILL_DIR"
 CAS_SETTLE_SECONDS = "EVERGREEN_CAS_SETTLE_SECONDS"
 MLFLOW_UI_URL = "EVERGREEN_MLFLOW_UI_URL"
+# `evergreen serve` only (the online scoring service, evergreen.serving).
+SERVING_POLL_SECONDS = "EVERGREEN_SERVING_POLL_SECONDS"
+SERVING_FLUSH_ROWS = "EVERGREEN_SERVING_FLUSH_ROWS"
+SERVING_FLUSH_SECONDS = "EVERGREEN_SERVING_FLUSH_SECONDS"
+SERVING_MAX_BUFFERED_ROWS = "EVERGREEN_SERVING_MAX_BUFFERED_ROWS"
 
 NAMES = (STORAGE_ROOT, STORAGE_CONN_ID, SPECS_DIR, CODE_VERSION, MLFLOW_ARTIFACT_ROOT, TRAINING_SPILL_DIR,
-         CAS_SETTLE_SECONDS, MLFLOW_UI_URL)
+         CAS_SETTLE_SECONDS, MLFLOW_UI_URL, SERVING_POLL_SECONDS, SERVING_FLUSH_ROWS, SERVING_FLUSH_SECONDS,
+         SERVING_MAX_BUFFERED_ROWS)
 DEFAULT_STORAGE_ROOT = "~/.evergreen/storage"
 # Read by MLflow itself (tracking, registry and the artifact proxy), not here; every Airflow process that
 # runs tasks needs it.
@@ -40,6 +46,10 @@ class Settings:
     training_spill_dir: str | None = None  # per-day training matrices (default: the temp dir)
     cas_settle_seconds: float = 2.0  # wait between moving the champion alias and verifying it
     mlflow_ui_url: str = ""  # where browsers open MLflow (the Evergreen page's links); default: the tracking server
+    serving_poll_seconds: float = 30.0  # how often `evergreen serve` reads the champion alias
+    serving_flush_rows: int = 5_000  # the online prediction log writes a part file at this many rows ...
+    serving_flush_seconds: float = 30.0  # ... or this long after the last write, whichever comes first
+    serving_max_buffered_rows: int = 200_000  # unwritten rows beyond this (storage down): requests get 503
 
 
 @functools.lru_cache(maxsize=8)
@@ -54,6 +64,10 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         training_spill_dir=raw[TRAINING_SPILL_DIR] or None,
         cas_settle_seconds=float(raw[CAS_SETTLE_SECONDS] or "2.0"),
         mlflow_ui_url=(raw[MLFLOW_UI_URL] or "").rstrip("/"),
+        serving_poll_seconds=float(raw[SERVING_POLL_SECONDS] or "30"),
+        serving_flush_rows=int(raw[SERVING_FLUSH_ROWS] or "5000"),
+        serving_flush_seconds=float(raw[SERVING_FLUSH_SECONDS] or "30"),
+        serving_max_buffered_rows=int(raw[SERVING_MAX_BUFFERED_ROWS] or "200000"),
     )
 
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -249,6 +250,38 @@ def read_partition(directory: ObjectStoragePath, columns: Iterable[str] | None =
             present = [c for c in wanted if c in names]
         frames.append(pd.read_parquet(io.BytesIO(data), columns=present))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+# An append-only partition's file: its UTC write time (names sort in write order) and its content hash.
+APPENDED_PART = re.compile(r"^part-\d{8}T\d{12}Z-(?P<sha>[0-9a-f]{16})\.parquet$")
+
+
+def append_part(directory: ObjectStoragePath, data: bytes, *, written_at: dt.datetime) -> str:
+    """Add a Parquet file to an append-only partition: one without a manifest, each file complete on its own,
+    so writers on any number of machines add files without coordinating (the online prediction log).
+    Written atomically, named by its write time and content hash (:data:`APPENDED_PART`). Returns the name."""
+    name = f"part-{written_at.astimezone(dt.UTC):%Y%m%dT%H%M%S%fZ}-{sha256_bytes(data)[:16]}.parquet"
+    write_bytes_atomic(directory / name, data)
+    return name
+
+
+def read_parts(directory: ObjectStoragePath) -> tuple[pd.DataFrame, list[str]] | None:
+    """Every file of an append-only partition (:func:`append_part`), oldest first, each checked against the
+    hash in its name; and their names. None when there is none (temporary files are not parts)."""
+    import pandas as pd
+
+    if not directory.exists():
+        return None
+    names = sorted(child.name for child in directory.iterdir() if APPENDED_PART.match(child.name))
+    if not names:
+        return None
+    frames = []
+    for name in names:
+        data = (directory / name).read_bytes()
+        if not sha256_bytes(data).startswith(APPENDED_PART.match(name)["sha"]):
+            raise IntegrityError(f"{directory / name} does not match the hash in its name")
+        frames.append(pd.read_parquet(io.BytesIO(data)))
+    return (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)), names
 
 
 def frame_to_parquet_bytes(frame: pd.DataFrame) -> bytes:
