@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Generator, Mapping
 from typing import Any
 
-from evergreen import layout, settings, storage
+from evergreen import layout, model_card, settings, storage
 from evergreen.errors import RegistryError
 from evergreen.evaluation import PROMOTING, promotion_outcome
 from evergreen.spec import PipelineSpec
@@ -464,6 +464,9 @@ def _promote(spec: PipelineSpec, run_id: str, gate_report: Mapping[str, Any], *,
         if earlier:
             return earlier[-1]
     _tag_version(client, name, version, version_tags)
+    # The card before any alias moves: a retry after a failure here re-registers nothing and writes it again.
+    record["model_card"] = model_card.publish_card(spec, client, version=version, gate_report=gate_report,
+                                                   outcome=outcome, reasons=outcome_reasons, registered_at=decided)
     _set_alias(client, name, CHALLENGER, version)
     record["version"] = version
 

@@ -54,6 +54,7 @@ WINDOW_ARTIFACT = "window.json"
 FEATURE_SCHEMA_ARTIFACT = "feature_schema.json"
 STEPS_ARTIFACT = "training_steps.json"
 SHAP_ARTIFACT = "explanations/shap_summary.json"  # mean |SHAP| per feature on the holdout
+DATA_FACTS_ARTIFACT = "model_card/data_facts.json"  # limitations measured on the window (model cards)
 MODEL_ARTIFACT = "model"
 
 
@@ -408,9 +409,10 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
                        params: Mapping[str, Any], streaming: bool, fitted: Any, holdout: Any,
                        metrics: Mapping[str, float], baseline_metrics: Mapping[str, float],
                        baseline: Mapping[str, Any], profile: Mapping[str, Any], baseline_profile: Mapping[str, Any],
-                       steps: Any, model_code: Path) -> dict[str, str]:
+                       steps: Any, model_code: Path, data_facts: Mapping[str, Any]) -> dict[str, str]:
     """One challenger run with a nested baseline run: params, metrics, datasets, plots, the holdout, each
-    model's reference profile and each model (``model_code``: their code file), so either can be registered.
+    model's reference profile and each model (``model_code``: their code file), so either can be registered;
+    ``data_facts``: what the model cards report as measured limitations (:mod:`evergreen.model_card`).
     Returns ``{run_id, baseline_run_id, model_uri, baseline_model_uri, experiment_id}``."""
     import mlflow
 
@@ -471,6 +473,7 @@ def log_challenger_run(spec: PipelineSpec, window: TrainingWindow, *, lineage: M
                                                (holdout_frame, len(holdout_frame), window.holdout_days, "holdout")):
                 log_dataset(spec, window, frame.head(DATASET_LOG_ROWS), days, context, rows=rows)
             mlflow.log_dict(window.to_dict(), WINDOW_ARTIFACT)
+            mlflow.log_dict(dict(data_facts), DATA_FACTS_ARTIFACT)
             mlflow.log_dict(schema.to_dict(), FEATURE_SCHEMA_ARTIFACT)
 
             log_explanations(profile["attributions"], "XGBoost: mean |SHAP| per feature (holdout)", tmp)

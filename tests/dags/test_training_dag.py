@@ -94,6 +94,11 @@ def test_fraud_training_lifecycle(airflow_db: Path, storage_root: Path, mlflow_u
     assert registry.alias_version(client, "fraud", "champion") == "2"
     assert registry.alias_version(client, "fraud", "previous_champion") == "1"
     assert client.get_run(better["run_id"]).data.tags["evergreen.reason"] == "drift"
+    # Its model card compares it with the champion it replaced, on the same holdout rows.
+    card = client.get_model_version("fraud", "2").description
+    assert card.startswith("# Model card: fraud version 2") and "Compared with champion version 1: better" in card
+    assert "| roc_auc |" in card and "## What drives it" in card and "fraud_training" in card
+    assert "Labels as known on" in card  # the chargeback feed's book
 
     # Heavy label noise: a worse candidate is rejected, not registered, and the champion stays.
     land_and_etl(spec, START, TRAIN_END, label_noise=0.45)

@@ -1,5 +1,6 @@
-"""The fairness gate: fairlearn's group metrics on the holdout, the gate's verdicts, the spec's rules, and a
-model that must be rejected because it treats a group (which it never sees) differently."""
+"""The fairness gate: fairlearn's group metrics on the holdout, the gate's verdicts, the spec's rules, a
+model that must be rejected because it treats a group (which it never sees) differently; and the model
+card of the one that is registered."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import yaml
 from evergreen import settings
 from evergreen.evaluation import NOT_EVALUATED, evaluate_challenger, evaluate_gates, fairness_metrics
 from evergreen.registry import promote_if_better
-from evergreen.spec import SHIPPED_SPECS_DIR, FairnessGateSpec, FeatureSpec, PipelineSpec, SpecError, load_spec
+from evergreen.spec import (
+    SHIPPED_SPECS_DIR,
+    FairnessGateSpec,
+    FeatureSpec,
+    PipelineSpec,
+    SpecError,
+    load_spec,
+)
 from evergreen.training.train import train_challenger
 from evergreen.training.window import select_window
 from helpers import START, configure_mlflow, make_feature_day, publish_day, small_spec
@@ -126,6 +134,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 frame["segment"] = (np.where(frame["channel"] == spec.feature("channel").allowed_values[0], "A", "B")
                                     if kind == "biased" else rng.choice(["A", "B"], size=len(frame)))
                 frame["segment"] = frame["segment"].astype("str")
+                if kind == "random" and i >= 11:  # the holdout days bring a channel training never saw
+                    frame.loc[frame.index % 20 == 0, "channel"] = "kiosk"
                 publish_day(spec, ds, frame[spec.feature_table_columns])
             trained = train_challenger(spec, select_window(spec, START + dt.timedelta(days=13)),
                                        lineage={"reason": "test"})
@@ -157,3 +167,34 @@ def test_the_same_model_task_passes_when_the_groups_are_treated_alike(trained: d
     gate = next(g for g in fair["report"]["gates"] if g["name"] == "fairness:demographic_parity_difference")
     assert gate["status"] == "passed"
     assert fair["decision"]["kind"] == "promoted"
+
+
+def test_the_registered_version_has_a_model_card(trained: dict[str, Any]) -> None:
+    fair = trained["random"]
+    spec, decision, client = fair["spec"], fair["decision"], mlflow.MlflowClient()
+    version = client.get_model_version(spec.registered_model_name, decision["version"])
+    card = version.description
+    assert card.startswith(f"# Model card: {spec.registered_model_name} version {decision['version']}")
+    for section in ("## Intended use", "## Training data", "## Performance on the holdout", "## Gates",
+                    "## Fairness", "## What drives it", "## Known limitations", "## Lineage"):
+        assert section in card
+    assert spec.description in card and f"Owner: {spec.owner}" in card
+    assert f"Data digest: `{fair['trained']['data_digest']}`" in card
+    report = fair["report"]
+    assert f"| roc_auc | {report['challenger_metrics']['roc_auc']:.4f} | {report['baseline_metrics']['roc_auc']:.4f} " \
+           f"| none |" in card
+    assert f"**{report['fairness']['value']:.4f}** (ok)" in card
+    shap = mlflow.artifacts.load_dict(f"runs:/{fair['trained']['run_id']}/explanations/shap_summary.json")
+    top = next(iter(shap["mean_abs_shap"]))
+    assert f"| {top} | {shap['mean_abs_shap'][top]:.4f} |" in card
+    # Limitations measured from the data: 5% of the holdout's channel values are new.
+    assert "of holdout rows have a `channel` value unseen in training ('kiosk'" in card
+    assert f"Training run: `{fair['trained']['run_id']}`" in card
+    run_id = fair["trained"]["run_id"]
+    markdown = mlflow.artifacts.load_text(f"runs:/{run_id}/model_card/model_card.md")
+    assert markdown == card
+    page = mlflow.artifacts.load_text(f"runs:/{run_id}/model_card/model_card.html")
+    assert "<h2>Fairness</h2>" in page and "<table>" in page
+    assert decision["model_card"]["html"] == f"runs:/{run_id}/model_card/model_card.html"
+    # The rejected model has no version, so no card; its run says why.
+    assert trained["biased"]["decision"]["version"] is None

@@ -289,12 +289,17 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
     Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
     best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
     """
+    from evergreen.model_card import data_facts
+
     trained = fit_challenger(spec, window, streaming=streaming)
+    fitted = trained.fitted
+    facts = data_facts(spec, window, fitted.schema.categories, trained.holdout.frame,
+                       rows_used=fitted.rows_train + fitted.rows_valid + len(trained.holdout.frame))
     logged = tracking.log_challenger_run(
-        spec, window, lineage=lineage, params=trained.params, streaming=streaming, fitted=trained.fitted,
+        spec, window, lineage=lineage, params=trained.params, streaming=streaming, fitted=fitted,
         holdout=trained.holdout, metrics=trained.metrics, baseline_metrics=trained.baseline_metrics,
         baseline=trained.baseline, profile=trained.profile, baseline_profile=trained.baseline_profile,
-        steps=trained.steps, model_code=Path(model.__file__),
+        steps=trained.steps, model_code=Path(model.__file__), data_facts=facts,
     )
     return {
         **logged,
