@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -28,10 +29,21 @@ import pytest
 import yaml
 from evergreen import layout, monitoring, outcomes, registry, settings, storage
 from evergreen.evaluation import evaluate_challenger
+from evergreen.serving import DAY as SERVING_DAY
+from evergreen.serving import PredictionLog, PredictionLogFullError, RequestSchema, ServedModel, Service
 from evergreen.spec import FeatureType, LabelsSpec, PipelineSpec, SourceSpec
 from evergreen.training.train import train_challenger
 from evergreen.training.window import select_window
-from helpers import START, VENV_BIN, configure_mlflow, http_call, publish_days, small_spec, write_label_file
+from helpers import (
+    START,
+    VENV_BIN,
+    configure_mlflow,
+    http_call,
+    make_feature_day,
+    publish_days,
+    small_spec,
+    write_label_file,
+)
 from mlflow import MlflowClient
 
 NAME = "fraud_online"
@@ -315,3 +327,89 @@ def test_the_outcome_join_picks_up_online_predictions(served: dict[str, Any]) ->
     versions = manifest["online"]["versions"]
     assert versions["1"]["labelled"] + versions["2"]["labelled"] == len(online) == manifest["online"]["labelled"]
     assert 0.5 < versions["2"]["metrics"]["roc_auc"] <= 1.0
+
+
+# ------------------------------------------------------------------ in-process: no server, no trained model
+
+
+class FixedModel:
+    """A stand-in pyfunc scoring every row the same; ``gate`` holds it inside predict until released."""
+
+    metadata = SimpleNamespace(get_input_schema=lambda: None)
+
+    def __init__(self, score: float, gate: tuple[threading.Event, threading.Event] | None = None) -> None:
+        self.score, self.gate = score, gate
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.gate is not None:
+            started, release = self.gate
+            started.set()
+            assert release.wait(30)
+        return np.full(len(frame), self.score)
+
+
+def some_rows(spec: PipelineSpec, n: int) -> list[dict[str, Any]]:
+    return request_rows(spec, make_feature_day(spec, DAY, rows=n))
+
+
+def test_a_request_finishes_on_the_model_it_started_with(storage_root: Path) -> None:
+    _, spec = serving_specs()
+    service = Service(spec, poll_seconds=3600, flush_rows=10**6, flush_seconds=3600, max_buffered_rows=10**6)
+    started, release = threading.Event(), threading.Event()
+    now = dt.datetime.now(dt.UTC)
+    service.watcher.current = ServedModel("1", "run-1", FixedModel(0.25, (started, release)), now)
+    body = json.dumps(some_rows(spec, 2)).encode()
+    slow: dict[str, Any] = {}
+    request = threading.Thread(target=lambda: slow.update(service.predict(body, "slow")))
+    request.start()
+    assert started.wait(30)
+    service.watcher.current = ServedModel("2", "run-2", FixedModel(0.75), now)  # promoted mid-request
+    assert service.predict(body, "fast")["model_version"] == "2"
+    release.set()
+    request.join(timeout=30)
+    assert (slow["model_version"], slow["scores"]) == ("1", [0.25, 0.25])
+    service.log.location = "test"
+    assert service.log.flush() == 4
+    logged, _ = storage.read_parts(storage.partition_dir(layout.ONLINE_PREDICTIONS, NAME, DAY))
+    assert sorted(set(zip(logged["request_id"], logged["model_version"], logged["prediction"], strict=True))) == [
+        ("fast", "2", 0.75), ("slow", "1", 0.25)]
+
+
+def test_the_log_flushes_on_its_interval_and_keeps_rows_it_could_not_write(storage_root: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _, spec = serving_specs()
+    schema, log = RequestSchema(spec), PredictionLog(spec, flush_rows=10**6, flush_seconds=0.2, max_rows=4)
+    log.start()
+    now = dt.datetime.now(dt.UTC)
+    frame = schema.parse(some_rows(spec, 3), "r1")
+    log.add(frame, np.zeros(3), "1", "r1", now)
+    wait_for("the interval flush", lambda: log.written_rows == 3)
+    written = storage.append_part
+
+    def unreachable(*args: Any, **kwargs: Any) -> str:
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(storage, "append_part", unreachable)
+    log.add(frame.head(2), np.zeros(2), "1", "r2", now)
+    wait_for("the failed write", lambda: log.last_error == "OSError: storage unreachable")
+    with pytest.raises(PredictionLogFullError, match="2 unwritten rows"):
+        log.add(frame, np.zeros(3), "1", "r3", now)  # 2 + 3 > 4: refused, so never served unlogged
+    monkeypatch.setattr(storage, "append_part", written)
+    log.close()
+    assert (log.written_rows, log.last_error) == (5, None)
+    logged, names = storage.read_parts(storage.partition_dir(layout.ONLINE_PREDICTIONS, NAME, DAY))
+    assert logged["request_id"].tolist() == ["r1"] * 3 + ["r2"] * 2 and len(names) == 2
+
+
+def test_the_partition_day_is_the_event_day_in_the_specs_timezone() -> None:
+    _, spec = serving_specs()
+    spec = spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"timezone": "America/New_York"})})
+    row = some_rows(spec, 1)[0]
+    times = ["2026-11-01T03:30:00Z",  # 23:30 the evening before in New York
+             "2026-11-01T01:30:00",  # naive, local: the repeated hour of the DST change, first (EDT) pass
+             "2026-10-31T23:59:59.5"]
+    frame = RequestSchema(spec).parse([{**row, "event_ts": t} for t in times], "r")
+    assert frame[SERVING_DAY].tolist() == [dt.date(2026, 10, 31), dt.date(2026, 11, 1), dt.date(2026, 10, 31)]
+    assert frame["event_ts"].tolist() == [pd.Timestamp(t, tz="UTC") for t in (
+        "2026-11-01T03:30:00", "2026-11-01T05:30:00", "2026-11-01T03:59:59.5")]
+    assert frame["event_hour"].tolist() == [23.0, 1.0, 23.0] and frame["is_weekend"].tolist() == [True, True, True]

@@ -182,3 +182,61 @@ def test_a_training_window_of_a_positives_feed_ends_at_the_matured_days(storage_
     late = label_delays(400, 3) > 3
     assert int((on_time != truth.loc[on_time.index]).sum()) == int(sum(
         (days[ds]["is_fraud"].to_numpy() == 1)[late].sum() for ds in window.holdout_days))  # the late frauds only
+
+
+def test_online_predictions_join_their_labels_beside_the_batch_ones(storage_root: Path) -> None:
+    spec = late_label_spec(max_delay_days=1)
+    days = publish_late_label_days(spec, START, 2, rows=120)
+    first = days[START]
+    scores = np.clip(first["is_fraud"] * 0.5 + np.random.default_rng(1).uniform(0, 0.8, len(first)), 0, 1)
+    batch = first[["transaction_id", "event_ts"]].assign(
+        model_role=pd.Series("champion", index=first.index, dtype="str"),
+        model_version=pd.Series("1", index=first.index, dtype="str"), prediction=scores.astype("float64"))
+    directory = storage.partition_dir(layout.PREDICTIONS, spec.name, START)
+    data = storage.frame_to_parquet_bytes(batch)
+    storage.publish(directory, {"spec": spec.name, "ds": START.isoformat(), "rows": len(batch),
+                                "content_sha256": storage.sha256_bytes(data), "models": {"champion": "1"},
+                                "files": [{"name": storage.stage_data_file(directory, data),
+                                           "sha256": storage.sha256_bytes(data)}]})
+    as_of = START + dt.timedelta(days=1)
+    outcomes.run_outcomes(spec, as_of)
+    out_dir = storage.partition_dir(layout.OUTCOMES, spec.name, START)
+    batch_only = {p.name: p.read_bytes() for p in Path(out_dir.path).iterdir()}
+    before = storage.read_manifest(out_dir)
+    assert "online" not in before and outcomes.SOURCE not in storage.read_partition(out_dir).columns
+
+    def log_online(ds: dt.date, frame: pd.DataFrame, version: str, request_id: str) -> None:
+        """What `evergreen serve` writes: the rows it scored, with their version and request."""
+        served = frame[["transaction_id", "event_ts"]].assign(
+            prediction=np.linspace(0.1, 0.9, len(frame)), model_version=version, request_id=request_id,
+            request_row=np.arange(len(frame)), served_at=pd.Timestamp("2026-10-02T09:00", tz="UTC"))
+        storage.append_part(storage.partition_dir(layout.ONLINE_PREDICTIONS, spec.name, ds),
+                            storage.frame_to_parquet_bytes(served), written_at=dt.datetime.now(dt.UTC))
+
+    log_online(START, first.head(40), "2", "req-a")
+    log_online(START, first.iloc[40:50], "3", "req-b")
+    log_online(as_of, days[as_of].head(5), "3", "req-c")  # a day without batch predictions yet
+    outcomes.run_outcomes(spec, as_of)
+    manifest = storage.read_manifest(out_dir)
+    joined = storage.read_partition(out_dir)
+    assert manifest["models"] == before["models"] and manifest["labelled_rows"] == before["labelled_rows"]
+    assert joined[outcomes.SOURCE].value_counts().to_dict() == {"batch": 120, "online": 50}
+    online = joined[joined[outcomes.SOURCE] == outcomes.ONLINE]
+    truth = first.set_index("transaction_id")["is_fraud"]
+    labelled = online[online["is_fraud"].notna()]
+    assert len(labelled) == manifest["online"]["labelled"] > 0  # by the same delay rules as the batch rows
+    assert (labelled["is_fraud"].to_numpy() == truth.loc[labelled["transaction_id"]].to_numpy()).all()
+    assert online["request_id"].tolist() == ["req-a"] * 40 + ["req-b"] * 10
+    assert online["request_row"].tolist() == [*range(40), *range(10)] and set(online["model_role"]) == {"champion"}
+    assert {v: m["rows"] for v, m in manifest["online"]["versions"].items()} == {"2": 40, "3": 10}
+    assert manifest["online"]["parts"] == 2
+    # The realized metric stays the batch champion's (an event scored both ways is not counted twice).
+    realized = outcomes.realized_metric(spec, "1", last_days=1)
+    assert realized["rows"] == before["models"]["champion"]["labelled"]
+    assert outcomes.realized_metric(spec, "2", last_days=1) is None
+    newest = storage.read_manifest(storage.partition_dir(layout.OUTCOMES, spec.name, as_of))
+    assert newest["models"] == {} and newest["online"]["rows"] == 5 and newest["predictions_content_sha256"] is None
+    # Without the online log the day is written as before, byte for byte.
+    storage.remove_tree(storage.partition_dir(layout.ONLINE_PREDICTIONS, spec.name, START))
+    outcomes.run_outcomes(spec, as_of)
+    assert {p.name: p.read_bytes() for p in Path(out_dir.path).iterdir()} == batch_only
