@@ -329,6 +329,9 @@ def print_decision(decision: dict[str, Any], gates: dict[str, Any]) -> None:
         say(f"  [{mark}] {gate.get('name')}: {text}")
     for reason in decision.get("reasons") or []:
         say(f"  reason: {reason}")
+    card = decision.get("model_card")
+    if card:
+        say(f"  model card: {card['markdown']} (also the version's description in MLflow, and the Evergreen page)")
 
 
 def _fmt(value: Any) -> str:

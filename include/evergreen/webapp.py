@@ -88,13 +88,14 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _alias_rows(health: dict[str, Any]) -> str:
+def _alias_rows(health: dict[str, Any], base: str) -> str:
     rows = []
     for alias, info in health["aliases"].items():
         if info is None:
             rows.append(f"<tr data-alias='{alias}'><th>{alias}</th><td colspan='6' class='muted'>none</td></tr>")
             continue
         link = f"<a href='{html.escape(info['mlflow_url'])}' target='_blank'>run</a>" if info["mlflow_url"] else ""
+        link += f" <a class='card' href='{base}/versions/{html.escape(str(info['version']))}/card'>card</a>"
         rows.append(
             f"<tr data-alias='{alias}'><th>{alias}</th><td class='version'>v{_fmt(info['version'])}</td>"
             f"<td>{_fmt(info['candidate'])}</td><td>{_fmt(info['as_of'])}</td>"
@@ -241,7 +242,7 @@ def spec_page(health: dict[str, Any], base: str, can_rollback: bool) -> HTMLResp
         f"<span class='muted'>owner {html.escape(health['owner'])}, promotion {health['promotion_mode']}, newest "
         f"partition {_fmt(health['newest_partition'])}, last promotion {_fmt(health['last_promotion'])}, "
         f"retrains triggered {health['retrains_triggered']}</span></p>"
-        f"<section><h2>Models</h2>{_alias_rows(health)}</section>"
+        f"<section><h2>Models</h2>{_alias_rows(health, base)}</section>"
         f"<section><h2>Latest gate report</h2>{_gates(health)}</section>"
         f"<section><h2>Drift</h2>{_drift(health, base)}</section>"
         f"<section><h2>Realized performance</h2>{_performance(health, base)}</section>"
@@ -302,6 +303,24 @@ def create_app() -> FastAPI:
         if not path.exists():
             raise HTTPException(status_code=404, detail=f"no drift report for {ds}")
         return HTMLResponse(path.read_text())
+
+    @app.get("/specs/{name}/versions/{version}/card", response_class=HTMLResponse)
+    def model_card(name: str, version: str, user: User) -> HTMLResponse:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from evergreen.model_card import render_html
+
+        spec = spec_for(user, name)
+        if not version.isdigit():
+            raise HTTPException(status_code=400, detail="version must be a number")
+        try:
+            found = MlflowClient().get_model_version(spec.registered_model_name, version)
+        except MlflowException as exc:
+            raise HTTPException(status_code=404, detail=f"no version {version} of {spec.registered_model_name}") from exc
+        if not found.description:
+            raise HTTPException(status_code=404, detail=f"version {version} has no model card")
+        return HTMLResponse(render_html(found.description, f"Model card: {spec.registered_model_name} v{version}"))
 
     @app.get("/specs/{name}/reports/performance", response_class=HTMLResponse)
     def performance_report(name: str, user: User) -> HTMLResponse:

@@ -155,9 +155,13 @@ ROLLBACK = {"headers": {"X-Evergreen-Action": "rollback"}, "body": {"reason": "p
 
 
 def test_every_page_and_action_needs_an_airflow_user_with_permission(stack: LocalStack) -> None:
+    from evergreen import registry
+
     ds = monitoring.all_reports(FRAUD)[-1]["ds"]
+    champion = registry.alias_version(registry._client(), "fraud", "champion")
     reads = ["/evergreen/", "/evergreen/specs/fraud", "/evergreen/api/specs/fraud", "/evergreen/metrics",
-             f"/evergreen/specs/fraud/reports/drift/{ds}", "/evergreen/specs/fraud/reports/performance"]
+             f"/evergreen/specs/fraud/reports/drift/{ds}", "/evergreen/specs/fraud/reports/performance",
+             f"/evergreen/specs/fraud/versions/{champion}/card"]
     for path in reads:  # Airflow does not authenticate plugin apps: the page does
         assert _call(stack, "GET", path)[0] == 401, path
     assert _call(stack, "POST", "/evergreen/specs/fraud/rollback", **ROLLBACK)[0] == 401
@@ -198,6 +202,14 @@ def test_the_page_matches_storage_and_the_registry(stack: LocalStack) -> None:
     assert [e["ds"] for e in health["ledger"]][-1] == monitoring.trigger_ledger(FRAUD)[-1]["ds"]
     assert health["decisions"][-1]["decision_file"] == registry.decision_history(FRAUD)[-1]["decision_file"]
     assert health["retrains_triggered"] == 1
+
+    champion = health["aliases"]["champion"]["version"]
+    status, page = _call(stack, "GET", "/evergreen/specs/fraud", admin)
+    assert status == 200 and f"/evergreen/specs/fraud/versions/{champion}/card".encode() in page
+    status, card = _call(stack, "GET", f"/evergreen/specs/fraud/versions/{champion}/card", admin)
+    assert status == 200 and f"Model card: fraud version {champion}".encode() in card
+    assert b"<h2>What drives it</h2>" in card and b"<h2>Known limitations</h2>" in card
+    assert _call(stack, "GET", "/evergreen/specs/fraud/versions/999/card", admin)[0] == 404
 
     status, text = _call(stack, "GET", "/evergreen/metrics", admin)
     lines = dict(line.rsplit(" ", 1) for line in text.decode().splitlines() if line and not line.startswith("#"))
