@@ -95,6 +95,15 @@ module "mlflow_artifact_bucket" {
 # Exactly what Evergreen's storage layer (s3fs: read, write, conditional create, list, delete of stale
 # files, multipart uploads) and MLflow's artifact proxy do, on the two prefixes only.
 data "aws_iam_policy_document" "workers" {
+  # s3fs checks that the bucket exists before it creates a "folder" (mkdir with parents): HeadBucket first,
+  # which the prefix-bound ListBucket below does not allow, then GetBucketLocation, which this does.
+  statement {
+    sid       = "LocateBothBuckets"
+    effect    = "Allow"
+    actions   = ["s3:GetBucketLocation"]
+    resources = [module.storage_bucket.arn, module.mlflow_artifact_bucket.arn]
+  }
+
   statement {
     sid       = "ListTheStorageRoot"
     effect    = "Allow"

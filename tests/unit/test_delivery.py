@@ -37,7 +37,7 @@ EXCLUDED_TIERS = {"scheduler", "production", "realdata", "slow", "bench"}
 KEPT_TIERS = {"s3"}  # moto's S3 server runs from the venv
 # The only checkov checks deploy/terraform may skip, each with a `#checkov:skip=ID:reason` in the .tf.
 ALLOWED_SKIPS = {"CKV_AWS_144", "CKV2_AWS_62", "CKV_AWS_18"}
-WORKER_ACTIONS = {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+WORKER_ACTIONS = {"s3:GetBucketLocation", "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
                   "kms:Decrypt", "kms:GenerateDataKey"}
 
 
@@ -361,7 +361,7 @@ def test_worker_policy_is_least_privilege(root: dict[str, Any]) -> None:
             if any(a.startswith("kms:") for a in statement["actions"]):
                 assert statement["resources"] == ["aws_kms_key.s3.arn"]
                 assert _one(statement["condition"])["variable"] == "kms:ViaService"
-            elif statement["actions"] == ["s3:ListBucket"]:
+            elif statement["actions"] in (["s3:ListBucket"], ["s3:GetBucketLocation"]):  # bucket-level
                 assert resource in buckets, resource
             else:  # object actions: under the storage root and the MLflow artifact root only
                 assert resource in (f"${{{buckets[0]}}}/${{local.storage_key_prefix}}*",
