@@ -304,13 +304,19 @@ def test_bucket_is_versioned_encrypted_private_and_owner_enforced(bucket: dict[s
 def test_bucket_policy_denies_anything_but_tls(bucket: dict[str, Any]) -> None:
     policy = bucket["resource"][("aws_s3_bucket_policy", "tls_only")]
     assert policy["policy"] == "data.aws_iam_policy_document.tls_only.json"
-    statements = bucket["data"][("aws_iam_policy_document", "tls_only")]["statement"]
-    insecure = next(s for s in statements if _one(s["condition"])["variable"] == "aws:SecureTransport")
-    assert insecure["effect"] == "Deny" and insecure["actions"] == ["s3:*"]
-    assert _one(insecure["principals"]) == {"type": "*", "identifiers": ["*"]}
-    assert _one(insecure["condition"]) == {"test": "Bool", "variable": "aws:SecureTransport", "values": ["false"]}
-    assert insecure["resources"] == ["aws_s3_bucket.this.arn", "${aws_s3_bucket.this.arn}/*"]
-    assert all(s["effect"] == "Deny" for s in statements), "the bucket policy only denies"
+    document = bucket["data"][("aws_iam_policy_document", "tls_only")]
+    assert "statement" not in document, "every statement is a TLS denial"
+    statement = _one(document["dynamic"])["statement"]
+    assert statement["for_each"] == "local.tls_denials"
+    content = _one(statement["content"])
+    assert content["effect"] == "Deny" and content["actions"] == ["s3:*"]
+    assert _one(content["principals"]) == {"type": "*", "identifiers": ["*"]}
+    assert content["resources"] == ["aws_s3_bucket.this.arn", "${aws_s3_bucket.this.arn}/*"]
+    assert _one(content["condition"]) == {"test": "statement.value.test", "variable": "statement.value.variable",
+                                          "values": ["statement.value.value"]}
+    denials = bucket["locals"]["tls_denials"]
+    assert denials["DenyInsecureTransport"] == {"test": "Bool", "variable": "aws:SecureTransport", "value": "false"}
+    assert denials["DenyTlsOlderThan12"] == {"test": "NumericLessThan", "variable": "s3:TlsVersion", "value": "1.2"}
 
 
 def test_lifecycle_expires_quarantine_and_predictions_and_cleans_up(root: dict[str, Any],
@@ -414,14 +420,18 @@ def checkov_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
     def argv(folder: Path) -> list[str]:
         return [str(tool), "-d", str(folder), "--framework", "terraform", "--skip-download", "--output", "json"]
 
+    # Two processes side by side: checkov given both folders at once reports the first one twice.
     procs = {"good": _start(argv(TERRAFORM)), "broken": _start(argv(broken))}
     out = {}
     for name, proc in procs.items():
         run = _finish(proc, timeout=300)
         assert run.returncode in (0, 1), run.stderr[-3000:]
         report = json.loads(run.stdout)
-        out[name] = report[0] if isinstance(report, list) else report
-        out[name]["returncode"] = run.returncode
+        out[name] = {**(report[0] if isinstance(report, list) else report), "returncode": run.returncode}
+    for name, folder in (("good", TERRAFORM), ("broken", broken)):
+        files = {check["file_abs_path"] for kind in ("passed_checks", "failed_checks", "skipped_checks")
+                 for check in out[name]["results"][kind]}
+        assert files and all(Path(f).is_relative_to(folder) for f in files), (name, sorted(files)[:5])
     return out
 
 
@@ -457,7 +467,7 @@ def test_checkov_passes_with_only_justified_skips(checkov_runs: dict[str, dict[s
 
 def test_checkov_finds_a_public_unversioned_bucket(checkov_runs: dict[str, dict[str, Any]]) -> None:
     report = checkov_runs["broken"]
-    assert report["returncode"] == 1
+    assert report["returncode"] == 1 and report["summary"]["failed"] >= 3
     failed = _ids(report, "failed_checks")
     for check in ("CKV_AWS_53", "CKV_AWS_21", "CKV_AWS_300"):
         assert check in failed, (check, sorted(failed))

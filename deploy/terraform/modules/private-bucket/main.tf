@@ -46,40 +46,34 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
   }
 }
 
-data "aws_iam_policy_document" "tls_only" {
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
+# Requests not over TLS, and over TLS older than 1.2, are denied to everyone: two statements, since the
+# conditions of one statement must all hold (and s3:TlsVersion is absent from a plain-HTTP request).
+locals {
+  tls_denials = {
+    DenyInsecureTransport = { test = "Bool", variable = "aws:SecureTransport", value = "false" }
+    DenyTlsOlderThan12    = { test = "NumericLessThan", variable = "s3:TlsVersion", value = "1.2" }
   }
+}
 
-  statement {
-    sid       = "DenyTlsOlderThan12"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
+data "aws_iam_policy_document" "tls_only" {
+  dynamic "statement" {
+    for_each = local.tls_denials
+    content {
+      sid       = statement.key
+      effect    = "Deny"
+      actions   = ["s3:*"]
+      resources = [aws_s3_bucket.this.arn, "${aws_s3_bucket.this.arn}/*"]
 
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
 
-    condition {
-      test     = "NumericLessThan"
-      variable = "s3:TlsVersion"
-      values   = ["1.2"]
+      condition {
+        test     = statement.value.test
+        variable = statement.value.variable
+        values   = [statement.value.value]
+      }
     }
   }
 }
