@@ -618,6 +618,7 @@ def create_app(spec: PipelineSpec, **options: Any) -> FastAPI:
 
 def serve(spec: PipelineSpec, *, host: str, port: int, **options: Any) -> None:
     """Run the app with uvicorn until SIGINT/SIGTERM (in-flight requests finish, the log is written)."""
+    settings.single_threaded_scoring()
     import uvicorn
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 

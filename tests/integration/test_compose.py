@@ -34,7 +34,9 @@ GENERATED = ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY
 # Names the code reads that the production stack deliberately leaves out, with the reason.
 NOT_FOR_PRODUCTION = {"EVERGREEN_DEMO_HOME": "state folder of `make demo` only"}
 LONG_RUNNING = ("postgres", "redis", "minio", "mlflow", "statsd-exporter", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "evergreen-serving")
+# Settings only `evergreen serve` reads: the serving service sets them, the Airflow services need not.
+SERVING_ONLY_PREFIX = "EVERGREEN_SERVING_"
 ONE_SHOT = ("minio-setup", "airflow-init", "mlflow-init")
 DEFAULT_PASSWORDS = {"", "admin", "airflow", "password", "changeme", "minio", "minioadmin", "minio123",
                      "postgres", "secret", "evergreen"}
@@ -167,7 +169,8 @@ def test_every_setting_evergreen_reads_is_set(config: dict[str, Any]) -> None:
     services = _services(config)
     for service in AIRFLOW_SERVICES:
         env = service_environment(services[service])
-        missing = {n: f for n, f in names.items() if n not in env and n not in NOT_FOR_PRODUCTION}
+        missing = {n: f for n, f in names.items()
+                   if n not in env and n not in NOT_FOR_PRODUCTION and not n.startswith(SERVING_ONLY_PREFIX)}
         assert not missing, (
             f"{service} does not set {sorted(missing)} (read in {missing}): set them in docker-compose.yaml's "
             "x-airflow-env (empty for the default) or list them in NOT_FOR_PRODUCTION with the reason"
@@ -239,7 +242,7 @@ def test_workers_scale_and_only_uis_are_published(config: dict[str, Any]) -> Non
     worker = services["airflow-worker"]
     assert "container_name" not in worker and not worker.get("ports"), "--scale airflow-worker=N needs both"
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"airflow-apiserver", "mlflow", "minio", "statsd-exporter"}, published
+    assert published == {"airflow-apiserver", "mlflow", "minio", "statsd-exporter", "evergreen-serving"}, published
     for name in published:
         for port in services[name]["ports"]:
             host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
@@ -288,3 +291,33 @@ def test_airflow_metrics_go_to_the_statsd_exporter(config: dict[str, Any]) -> No
         env = service_environment(services[name])
         assert env["AIRFLOW__METRICS__STATSD_ON"] == "True", name
         assert (env["AIRFLOW__METRICS__STATSD_HOST"], env["AIRFLOW__METRICS__STATSD_PORT"]) == ("statsd-exporter", "9125")
+
+
+def test_the_serving_service_scores_the_champion_of_a_spec(config: dict[str, Any], env_file: Path) -> None:
+    """`evergreen serve` (docs/serving.md) with the workers' storage and MLflow, every serving setting, a
+    healthcheck on /health, after MLflow and its user exist."""
+    from evergreen.spec import load_specs
+
+    values = read_dotenv(env_file)
+    services = _services(config)
+    serving = services["evergreen-serving"]
+    argv = [str(w) for w in serving["entrypoint"] + serving["command"]]
+    assert argv[:5] == ["/usr/bin/dumb-init", "--", "evergreen", "serve", "--spec"]
+    assert argv[5] == values["SERVING_SPEC"] and argv[5] in load_specs()
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    port = argv[argv.index("--port") + 1]
+    (published,) = serving["ports"]  # host_ip:published:target, as a string or a mapping by compose version
+    if isinstance(published, dict):
+        published = f"{published['host_ip']}:{published['published']}:{published['target']}"
+    assert published.removesuffix("/tcp") == f"127.0.0.1:{values['SERVING_PORT']}:{port}"
+    assert serving["healthcheck"]["test"][-1] == f"http://localhost:{port}/health"
+    env = service_environment(serving)
+    worker = service_environment(services["airflow-worker"])
+    for name in ("EVERGREEN_STORAGE_ROOT", "EVERGREEN_STORAGE_CONN_ID", "AIRFLOW_CONN_AWS_DEFAULT", "MLFLOW_TRACKING_URI",
+                 "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+        assert env[name] == worker[name], name
+    read = {n for n in _names_read_by_evergreen() if n.startswith(SERVING_ONLY_PREFIX)}
+    assert read and read <= set(env), sorted(read - set(env))
+    assert {v.split(":")[1] for v in serving["volumes"]} == {"/opt/airflow/include"}  # the specs and the library
+    assert serving["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert serving["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully"

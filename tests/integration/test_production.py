@@ -13,7 +13,8 @@ Besides those addresses only what a container gives for free differs (LOOPBACK_O
 the image's folders, listening ports, HOSTNAME) plus one choice: no schedule-driven runs, so the test
 alone decides which runs exist. Then, through the REST API v2 with a JWT: unpause, trigger feature-ETL runs
 for 12 landed days and a training run, wait, and check the champion in the MLflow server and the
-partitions and artifacts in the bucket; plus the security defaults. Every process is stopped by pid.
+partitions and artifacts in the bucket; plus the security defaults. The serving service starts once there
+is a champion, answers a prediction and writes its log to the bucket. Every process is stopped by pid.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ FIRST_WAVE = ("mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-p
 # Healthchecks that cannot run here: MinIO's `mc ready local` (moto stands in for MinIO).
 NO_LOCAL_HEALTHCHECK = {"minio"}
 ONE_SHOTS = ("airflow-init", "minio-setup", "mlflow-init")
+# Started by its test once the training run made a champion (it is healthy only while it serves one).
+AFTER_TRAINING = ("evergreen-serving",)
 COMPOSE_HOSTNAMES = ("@postgres:", "//redis:", "//minio:", "//mlflow:", "airflow-apiserver:")
 
 
@@ -104,7 +107,8 @@ def _run_group(argv: list[str], *, env: Mapping[str, str], cwd: Path, timeout: f
 class ProductionStack(LocalStack):
     """The compose services as local processes; LocalStack's REST client, spawning and stopping by pid."""
 
-    PORTS = ("api", "mlflow", "moto", "scheduler_health", "worker_logs", "trigger_logs", "statsd", "statsd_http")
+    PORTS = ("api", "mlflow", "moto", "scheduler_health", "worker_logs", "trigger_logs", "statsd", "statsd_http",
+             "serving")
 
     def __init__(self, home: Path, config: dict[str, Any], dotenv: dict[str, str], *, redis_db: int,
                  ports: Mapping[str, int], postgres_port: int) -> None:
@@ -133,6 +137,7 @@ class ProductionStack(LocalStack):
             "airflow-scheduler": {"localhost:8974": f"127.0.0.1:{self.ports['scheduler_health']}"},
             "mlflow": {"localhost:5000": f"127.0.0.1:{self.ports['mlflow']}"},
             "statsd-exporter": {"localhost:9102": f"127.0.0.1:{self.ports['statsd_http']}"},
+            "evergreen-serving": {"localhost:8000": f"127.0.0.1:{self.ports['serving']}"},
         }
         self._mapped: set[str] = set()
         self.timings: dict[str, float] = {}
@@ -182,7 +187,7 @@ class ProductionStack(LocalStack):
         path = os.pathsep.join([str(self.bin_dir), str(EmbeddedPostgres.bin_dir()), os.environ.get("PATH", "")])
         env = {**clean_environ(), "PATH": path, "HOSTNAME": socket.gethostname()}  # Docker sets HOSTNAME
         env.update({k: self.map(v, name) for k, v in service_environment(self.service(name)).items()})
-        if name in AIRFLOW_SERVICES:
+        if name in (*AIRFLOW_SERVICES, *AFTER_TRAINING):  # serving builds storage paths with Airflow too
             env.update(self.loopback_overrides())
         if name == "postgres" or env.get("PGHOST") == "postgres":
             # pg_isready, MLflow's users DB (libpq variables): the embedded server on loopback.
@@ -206,8 +211,9 @@ class ProductionStack(LocalStack):
         if (self.bin_dir / words[0]).exists():
             words[0] = str(self.bin_dir / words[0])
         words = [self.map(w, name) for w in words]
-        for flag, value in (("--host", "127.0.0.1"), ("--port", str(self.ports["mlflow"]))):
-            if name == "mlflow" and flag in words:
+        listen = {"mlflow": self.ports["mlflow"], "evergreen-serving": self.ports["serving"]}
+        for flag, value in (("--host", "127.0.0.1"), ("--port", str(listen.get(name)))):
+            if name in listen and flag in words:
                 words[words.index(flag) + 1] = value
         return words
 
@@ -273,7 +279,8 @@ class ProductionStack(LocalStack):
             self.wait_healthy(["postgres", "redis", "mlflow", "airflow-apiserver"], deadline)
             self._run_once("mlflow-init", timeout=max(30.0, deadline - time.monotonic()))
             self._spawn_service("airflow-worker")
-            self.wait_healthy([n for n in self.config["services"] if n not in ONE_SHOTS], deadline)
+            self.wait_healthy([n for n in self.config["services"] if n not in (*ONE_SHOTS, *AFTER_TRAINING)],
+                              deadline)
             self._timed("services healthy", step)
             unmatched = set(self.mapping) - self._mapped
             assert not unmatched, f"compose addresses never seen (the compose file changed?): {unmatched}"
@@ -660,3 +667,37 @@ def test_component_logs_hold_no_secrets(production: ProductionStack, pipeline: d
         for key, secret in production.secrets_in_play().items()
     }
     assert not any(leaked.values()), {k: v for k, v in leaked.items() if v}
+
+
+def test_the_serving_service_scores_the_champion(production: ProductionStack, pipeline: dict[str, Any]) -> None:
+    """evergreen-serving as compose runs it: the champion from the MLflow server (basic auth), a prediction
+    over HTTP, and on SIGTERM its prediction log written to the bucket through the aws_default connection."""
+    import io
+
+    import pandas as pd
+
+    stack, name = production, "evergreen-serving"
+    stack._spawn_service(name)
+    stack.wait_healthy([name], time.monotonic() + 120)
+    url = f"http://127.0.0.1:{stack.ports['serving']}"
+    root = stack.dotenv["EVERGREEN_STORAGE_ROOT"].removeprefix(f"s3://{stack.dotenv['S3_BUCKET']}/").strip("/")
+    day = DAYS[-1]
+    (key,) = [k for k in stack.s3_keys(f"{root}/features/{SPEC}/ds={day.isoformat()}/") if k.endswith(".parquet")]
+    features = pd.read_parquet(io.BytesIO(stack.s3().get_object(Bucket=stack.dotenv["S3_BUCKET"], Key=key)["Body"].read()))
+    schema = json.loads(http_call("GET", f"{url}/schema")[1])
+    record = features.iloc[0]
+    row = {f["name"]: (None if pd.isna(record[f["name"]]) else record[f["name"]].isoformat() if f["type"] == "timestamp"
+                       else record[f["name"]].item() if hasattr(record[f["name"]], "item") else record[f["name"]])
+           for f in schema["fields"]}
+    status, body = http_call("POST", f"{url}/predict", body=row)
+    answer = json.loads(body)
+    assert status == 200, answer
+    assert answer["model_version"] == str(pipeline["decision"]["version"]) and 0.0 <= answer["scores"][0] <= 1.0
+    health = json.loads(http_call("GET", f"{url}/health")[1])
+    assert health["status"] == "ok" and health["model_version"] == answer["model_version"]
+    proc = stack._procs.pop(name)  # stopped here, not by the stack's teardown
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert "Application shutdown complete" in stack.log_path(name).read_text()
+    logged = stack.s3_keys(f"{root}/predictions/online/{SPEC}/ds={day.isoformat()}/")
+    assert len(logged) == 1 and logged[0].rsplit("/", 1)[1].startswith("part-"), logged
