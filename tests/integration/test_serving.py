@@ -340,7 +340,10 @@ class FixedModel:
     def __init__(self, score: float, gate: tuple[threading.Event, threading.Event] | None = None) -> None:
         self.score, self.gate = score, gate
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def unwrap_python_model(self) -> FixedModel:
+        return self
+
+    def predict(self, context: Any, frame: pd.DataFrame) -> np.ndarray:
         if self.gate is not None:
             started, release = self.gate
             started.set()
