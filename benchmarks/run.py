@@ -8,7 +8,9 @@ Stages (``--only`` picks some), each against its baseline, each measurement a fr
 4. ``backfill``  N daily ETL runs through the real scheduler (LocalStack, LocalExecutor);
 5. ``parse``     DAG file parse time per spec (fresh interpreter), plus ``airflow dags report``;
 6. ``backtest``  ``evergreen backtest`` (policy ``every:1``, a fit per day) vs a bare loop of the same fits and
-   predictions on the same days.
+   predictions on the same days;
+7. ``serving``   ``evergreen serve`` of a freshly promoted champion: p50/p99 latency over HTTP on loopback for
+   one row and for a 1,000-row batch (sequential requests, one keep-alive connection).
 
 Results: a table of min/median/max per measure on stdout, and JSON + Markdown in ``benchmarks/results``
 (``<stamp>-<scale>.*`` and ``latest-<scale>.*``), with the machine's cores and memory and the targets.
@@ -43,7 +45,7 @@ from benchmarks.measure import (
 BENCH_DIR = data.BENCH_DIR
 REPO = data.REPO
 EVIDENTLY_VENV = BENCH_DIR / ".venv-evidently"
-ALL_STAGES = ("etl", "drift", "training", "parse", "backfill", "backtest")
+ALL_STAGES = ("etl", "drift", "training", "parse", "backfill", "backtest", "serving")
 CALENDAR = {"event_day_of_week", "is_weekend"}
 
 # The targets; each is checked at the scale it is stated for.
@@ -59,6 +61,10 @@ TARGETS = {
     "backtest_over_bare": 1.5,  # evergreen backtest wall / bare loop of fits and predictions
 }
 BACKTEST_DAYS, BACKTEST_WINDOW = 6, 14
+SERVING_BATCH_ROWS = 1_000
+# (one-row requests, 1,000-row requests, warm-up requests of each kind); fewer at XS (the test tier).
+SERVING_REQUESTS = {"XS": (50, 5, 5)}
+SERVING_DEFAULT_REQUESTS = (2_000, 200, 20)
 
 
 def _fresh_postgres_database(name: str) -> str | None:
@@ -389,6 +395,34 @@ class Bench:
         self.results["backtest_overhead"] = {"backtest_over_bare_wall": ratio}
         self._target("backtest over the bare loop of fits", ratio, TARGETS["backtest_over_bare"], unit="ratio")
 
+    # ------------------------------------------------------------------ 7. serving
+
+    def bench_serving(self) -> None:
+        scale = self.scale
+        root = Path(self._prep("ensure"))
+        one_row, batches, warmup = SERVING_REQUESTS.get(scale.name, SERVING_DEFAULT_REQUESTS)
+        log(f"[serving] evergreen serve: {one_row} one-row and {batches} {SERVING_BATCH_ROWS:,}-row requests "
+            f"over HTTP on loopback (model trained on {scale.days} days x {scale.rows_per_day:,} rows)")
+        runs = []
+        for i in range(self.repeats):
+            mlflow_dir = self.work / f"serving-mlflow-{i}"
+            log_root = self.work / f"serving-log-{i}"
+            for folder in (mlflow_dir, log_root):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+            env = {**self.env(root), "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                   "EVERGREEN_MLFLOW_ARTIFACT_ROOT": (mlflow_dir / "artifacts").as_uri(),
+                   "EVERGREEN_CAS_SETTLE_SECONDS": "0"}
+            args = {"spec_file": str(self.spec_file), "as_of": data.days_of(scale)[-1].isoformat(), "window_days": scale.days,
+                    "log_root": str(log_root), "batch_rows": SERVING_BATCH_ROWS, "one_row_requests": one_row,
+                    "batch_requests": batches, "warmup": warmup}
+            run = python_stage("serving", args, env=env, log=self._logfile("serving"), timeout=7200)
+            log(f"  serving #{i + 1}: one row p50 {run['one_row_p50_ms']:.2f} ms, p99 {run['one_row_p99_ms']:.2f} ms; "
+                f"{SERVING_BATCH_ROWS:,} rows p50 {run['batch_p50_ms']:.1f} ms, p99 {run['batch_p99_ms']:.1f} ms")
+            runs.append(run)
+            shutil.rmtree(mlflow_dir, ignore_errors=True)
+        self._record("serving", runs)
+
     # ------------------------------------------------------------------ 4. backfill
 
     def bench_backfill(self, days: int) -> None:
@@ -486,7 +520,7 @@ class Bench:
                            "load_average_1m_after"):
                 if metric in summary:
                     out.append((name, metric, summary[metric]))
-            for metric in sorted(k for k in summary if k.startswith("task_")):
+            for metric in sorted(k for k in summary if k.startswith("task_") or k.endswith("_ms")):
                 out.append((name, metric, summary[metric]))
         return out
 
@@ -606,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.bench_backfill(args.backfill_days)
             elif name == "backtest":
                 bench.bench_backtest()
+            elif name == "serving":
+                bench.bench_serving()
         except MeasureError as exc:
             failures.append(f"{name}: {exc}")
             bench.notes.append(f"stage {name} failed: {str(exc)[:2000]}")

@@ -7,6 +7,7 @@ parent measures the whole process (wall, CPU, peak RSS) from the OS.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -296,6 +297,121 @@ def bare_backtest(args: dict[str, Any]) -> dict[str, Any]:
         fits += 1
         day += dt.timedelta(days=1)
     return {"stage_seconds": time.perf_counter() - t, "fits": fits}
+
+
+# ------------------------------------------------------------------------------------------- serving
+
+
+def _request_rows(spec, frame) -> list[dict[str, Any]]:
+    """Feature-partition rows as a client sends them to ``POST /predict`` (keys, event time, features)."""
+    import pandas as pd
+
+    rows = []
+    for record in frame[[*spec.entity_keys, spec.timestamp_column, *(f.name for f in spec.features)]].to_dict("records"):
+        row = {}
+        for name, value in record.items():
+            if name == spec.timestamp_column:
+                row[name] = value.isoformat()
+            else:
+                row[name] = None if pd.isna(value) else value.item() if hasattr(value, "item") else value
+        rows.append(row)
+    return rows
+
+
+def _free_port(low: int = 18600, high: int = 18700) -> int:
+    import socket
+
+    for port in range(low, high):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high - 1}")
+
+
+@stage
+def serving(args: dict[str, Any]) -> dict[str, Any]:
+    """``evergreen serve`` of a freshly trained and promoted champion: latency of sequential requests over
+    HTTP on loopback (one keep-alive connection), for one row and for a batch of ``batch_rows`` rows; the
+    prediction log is checked to hold every row served."""
+    import http.client
+    import signal
+    import subprocess
+
+    import numpy as np
+    from evergreen import layout, registry, storage
+    from evergreen.evaluation import evaluate_challenger
+    from evergreen.training.train import train_challenger
+    from evergreen.training.window import select_window
+
+    spec = _spec(args)
+    t = time.perf_counter()
+    window = select_window(spec, dt.date.fromisoformat(args["as_of"]), window_days=args["window_days"])
+    run_id = train_challenger(spec, window, lineage={"reason": "benchmark"})["run_id"]
+    decision = registry.promote_if_better(spec, run_id, evaluate_challenger(spec, run_id), dry_run=False,
+                                          actor="benchmark")
+    trained = time.perf_counter() - t
+    day = storage.read_partition(storage.partition_dir(layout.FEATURES, spec.name, window.holdout_days[-1]))
+    rows = _request_rows(spec, day)
+    batch = [rows[i % len(rows)] for i in range(args["batch_rows"])]
+    port = _free_port()
+    env = {**os.environ, "EVERGREEN_STORAGE_ROOT": args["log_root"]}
+    t = time.perf_counter()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "evergreen"), "serve", "--spec", spec.name,
+                               "--port", str(port)], env=env, stdout=sys.stderr, stderr=subprocess.STDOUT)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with contextlib.suppress(OSError):
+                conn.request("GET", "/health")
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    break
+            conn.close()
+            if server.poll() is not None or time.perf_counter() - t > 120:
+                raise RuntimeError("evergreen serve did not start")
+            time.sleep(0.2)
+        started = time.perf_counter() - t
+
+        def latencies(payloads: list[Any], warmup: int) -> np.ndarray:
+            out = []
+            for i, payload in enumerate(payloads):
+                body = json.dumps(payload)
+                began = time.perf_counter()
+                conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                answer = response.read()
+                took = time.perf_counter() - began
+                if response.status != 200:
+                    raise RuntimeError(f"POST /predict answered {response.status}: {answer[:500]!r}")
+                if i >= warmup:
+                    out.append(took * 1000.0)
+            return np.asarray(out)
+
+        t = time.perf_counter()
+        warmup = args["warmup"]
+        one = latencies([rows[i % len(rows)] for i in range(args["one_row_requests"] + warmup)], warmup)
+        many = latencies([batch] * (args["batch_requests"] + warmup), warmup)
+        measured = time.perf_counter() - t
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    served = len(one) + len(many) * len(batch) + warmup * (1 + len(batch))
+    os.environ["EVERGREEN_STORAGE_ROOT"] = args["log_root"]
+    logged = sum(len(storage.read_parts(path)[0]) for path in storage.list_partitions(
+        layout.ONLINE_PREDICTIONS, spec.name, published_only=False).values())
+    if logged != served:
+        raise RuntimeError(f"the prediction log holds {logged} rows, {served} were served")
+    return {"stage_seconds": measured, "train_seconds": trained, "server_start_seconds": started,
+            "model_version": decision.get("version"), "candidate": decision.get("candidate"),
+            "one_row_requests": len(one), "batch_requests": len(many), "batch_rows": len(batch),
+            "one_row_p50_ms": float(np.percentile(one, 50)), "one_row_p99_ms": float(np.percentile(one, 99)),
+            "one_row_mean_ms": float(one.mean()),
+            "batch_p50_ms": float(np.percentile(many, 50)), "batch_p99_ms": float(np.percentile(many, 99)),
+            "batch_rows_per_second": float(len(batch) / (np.median(many) / 1000.0)), "logged_rows": logged}
 
 
 @dataclass

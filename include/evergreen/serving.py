@@ -131,9 +131,13 @@ class RequestSchema:
                 for key in spec.entity_keys]
         timestamp = Field(spec.timestamp_column, "timestamp", required=True,
                           description=f"ISO 8601 event time; without an offset it is read in {spec.schedule.timezone}")
-        features = [Field(f.name, f.type.value, required=not f.nullable, minimum=f.min, maximum=f.max,
-                          allowed=tuple(label_text(v) for v in f.allowed_values) if f.allowed_values is not None
-                          else None, description=f.description)
+        # An attribute (``use: attribute``, e.g. a fairness group) is no model input: optional in a request,
+        # checked like a feature when given, and logged, so online scores can be grouped by it.
+        features = [Field(f.name, f.type.value, required=not f.nullable and f.use == "model", minimum=f.min,
+                          maximum=f.max, allowed=tuple(label_text(v) for v in f.allowed_values)
+                          if f.allowed_values is not None else None,
+                          description=f.description if f.use == "model"
+                          else " ".join(["attribute, not a model input (optional).", f.description]).strip())
                     for f in spec.features]
         self.fields = {f.name: f for f in (*keys, timestamp, *features)}
         self.derived = [name for name in TIME_FEATURES if spec.etl.time_features]
@@ -442,6 +446,7 @@ class PredictionLog:
         self.flush_rows, self.flush_seconds, self.max_rows = flush_rows, flush_seconds, max_rows
         self.dtypes = {**{key: "str" for key in spec.entity_keys}, spec.timestamp_column: "datetime64[us, UTC]",
                        **{name: _stored_dtype(kind) for name, kind in spec.model_features.items()},
+                       **{f.name: _stored_dtype(f.type) for f in spec.features if f.use == "attribute"},
                        "prediction": "float64", "model_version": "str", "request_id": "str", "request_row": "int64",
                        "served_at": "datetime64[us, UTC]", DAY: "object"}
         self._pending: list[dict[str, np.ndarray]] = []

@@ -44,7 +44,7 @@ print(json.dumps({{"big": big, "small": small, "stats": summarize([big, small])}
 def test_harness_runs_at_xs(tmp_path: Path, airflow_db: Path) -> None:
     results = tmp_path / "results"
     argv = [sys.executable, "-m", "benchmarks.run", "--scale", "XS", "--repeats", "1",
-            "--only", "etl,drift,training,parse", "--skip-evidently",
+            "--only", "etl,drift,training,parse,serving", "--skip-evidently",
             "--results-dir", str(results), "--work-dir", str(tmp_path / "work"),
             "--data-dir", str(tmp_path / "data"), "--airflow-home", str(airflow_db)]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -71,6 +71,12 @@ def test_harness_runs_at_xs(tmp_path: Path, airflow_db: Path) -> None:
     # Six DAGs per spec, and the outcomes DAG of each spec whose labels come from their own source (fraud's).
     assert found["parse"]["specs"] >= 2
     assert found["parse"]["dags"] == (len(BUILDERS) - 1) * found["parse"]["specs"] + found["parse"]["specs_with_labels"]
+    # evergreen serve of a freshly promoted champion: latencies over HTTP, every row served logged.
+    serving = found["serving"]["runs"][0]
+    assert serving["one_row_requests"] == 50 and serving["batch_requests"] == 5 and serving["batch_rows"] == 1000
+    assert 0 < serving["one_row_p50_ms"] <= serving["one_row_p99_ms"] and 0 < serving["batch_p50_ms"] <= serving["batch_p99_ms"]
+    assert serving["logged_rows"] == 55 + 10 * 1000  # measured and warm-up requests
+    assert "| serving | one_row_p99_ms |" in proc.stdout
     statuses = {t["target"]: t["status"] for t in payload["targets"]}
     assert statuses["training DAG at L: wall time"] == "n/a at XS"
     assert "not measured" in statuses["drift report vs Evidently: speed-up"]

@@ -32,7 +32,9 @@ GENERATED = ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY
              "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
              "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_PASSWORD")
 # Names the code reads that the production stack deliberately leaves out, with the reason.
-NOT_FOR_PRODUCTION = {"EVERGREEN_DEMO_HOME": "state folder of `make demo` only"}
+NOT_FOR_PRODUCTION = {"EVERGREEN_DEMO_HOME": "state folder of `make demo` only",
+                      "OMP_NUM_THREADS": "set, not read, by `evergreen serve` in its own process "
+                                         "(settings.single_threaded_scoring)"}
 LONG_RUNNING = ("postgres", "redis", "minio", "mlflow", "statsd-exporter", "airflow-apiserver", "airflow-scheduler",
                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "evergreen-serving")
 # Settings only `evergreen serve` reads: the serving service sets them, the Airflow services need not.

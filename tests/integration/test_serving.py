@@ -30,8 +30,15 @@ import yaml
 from evergreen import layout, monitoring, outcomes, registry, settings, storage
 from evergreen.evaluation import evaluate_challenger
 from evergreen.serving import DAY as SERVING_DAY
-from evergreen.serving import PredictionLog, PredictionLogFullError, RequestSchema, ServedModel, Service
-from evergreen.spec import FeatureType, LabelsSpec, PipelineSpec, SourceSpec
+from evergreen.serving import (
+    PayloadError,
+    PredictionLog,
+    PredictionLogFullError,
+    RequestSchema,
+    ServedModel,
+    Service,
+)
+from evergreen.spec import FeatureSpec, FeatureType, LabelsSpec, PipelineSpec, SourceSpec
 from evergreen.training.train import train_challenger
 from evergreen.training.window import select_window
 from helpers import (
@@ -416,3 +423,22 @@ def test_the_partition_day_is_the_event_day_in_the_specs_timezone() -> None:
     assert frame["event_ts"].tolist() == [pd.Timestamp(t, tz="UTC") for t in (
         "2026-11-01T03:30:00", "2026-11-01T05:30:00", "2026-11-01T03:59:59.5")]
     assert frame["event_hour"].tolist() == [23.0, 1.0, 23.0] and frame["is_weekend"].tolist() == [True, True, True]
+
+
+def test_an_attribute_is_optional_checked_when_given_and_logged(storage_root: Path) -> None:
+    _, spec = serving_specs()
+    segment = FeatureSpec(name="segment", type=FeatureType.CATEGORICAL, allowed_values=["retail", "business"],
+                          nullable=False, use="attribute")
+    spec = spec.model_copy(update={"features": [*spec.features, segment]})
+    schema = RequestSchema(spec)
+    row = {name: value for name, value in some_rows(spec, 1)[0].items() if name != "segment"}
+    assert "segment" not in spec.model_features and not schema.fields["segment"].required
+    with pytest.raises(PayloadError) as refused:
+        schema.parse([{**row, "segment": "retail"}, {**row, "segment": "charity"}], "r")
+    assert [(e["row"], e["field"]) for e in refused.value.errors] == [(1, "segment")]
+    frame = schema.parse([row, {**row, "segment": "business"}], "r")
+    log = PredictionLog(spec, flush_rows=10, flush_seconds=3600, max_rows=10)
+    log.add(frame, np.zeros(2), "1", "r", dt.datetime.now(dt.UTC))
+    assert log.flush() == 2
+    logged, _ = storage.read_parts(storage.partition_dir(layout.ONLINE_PREDICTIONS, NAME, DAY))
+    assert logged["segment"].isna().tolist() == [True, False] and logged["segment"].iloc[1] == "business"
