@@ -52,11 +52,6 @@ def attribution_summary(values: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def summarise(model: Any, frame: pd.DataFrame) -> dict[str, Any]:
-    """:func:`attribution_summary` of ``model`` on (an evenly spaced subset of) ``frame``."""
-    return attribution_summary(contributions(model, frame.iloc[summary_positions(len(frame))]))
-
-
 def top_features(summary: Mapping[str, Any], k: int = 10) -> list[tuple[str, float, float]]:
     """``(feature, mean |SHAP|, share)`` of the ``k`` most important features."""
     mean_abs, shares = summary.get("mean_abs_shap") or {}, summary.get("shares") or {}
