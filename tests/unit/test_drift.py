@@ -15,7 +15,15 @@ import pytest
 from evergreen import tracking
 from evergreen.drift.html import render_report_html
 from evergreen.drift.profile import OTHER, build_reference_profile, category_frequencies
-from evergreen.drift.statistics import UNSEEN, categorical_drift, drift_report, numeric_drift, psi
+from evergreen.drift.statistics import (
+    UNSEEN,
+    categorical_drift,
+    drift_report,
+    ks_statistic,
+    ks_test,
+    numeric_drift,
+    psi,
+)
 from evergreen.errors import NoChampionError
 from evergreen.monitoring import load_champion_reference, read_drift_report, write_drift_report
 from evergreen.spec import PipelineSpec, get_spec
@@ -637,3 +645,61 @@ def test_a_day_is_judged_against_the_spread_of_the_reference_days(spec: Pipeline
     assert ordinary["drifted"] is False  # what the pooled comparison alone called drift
     far = report_for(spec, profile, day(float(offsets.max()) + 3.0))["features"]["amount"]
     assert far["drifted"] is True and "psi" in far["checks"]
+
+
+@pytest.mark.parametrize("sizes", [(50, 80), (2000, 9000), (2000, 60_000)])
+@pytest.mark.parametrize("kind", ["continuous", "ties", "one_value"])
+def test_the_ks_test_is_scipys_on_every_size_and_with_ties(sizes: tuple[int, int], kind: str) -> None:
+    """The drift report's KS test evaluates the ECDFs only where they can peak: its statistic and p-value
+    must still be exactly those of scipy's ks_2samp (exact p-values on small samples, asymptotic above)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(sum(sizes))
+    m, n = sizes
+    if kind == "continuous":
+        a, b = rng.normal(size=m), rng.normal(0.05, 1.1, size=n)
+    elif kind == "ties":
+        a, b = rng.integers(0, 7, m).astype(float), np.round(rng.normal(3, 2, n))
+    else:
+        a, b = rng.exponential(size=m), np.full(n, 0.7)
+    a, b = np.sort(a), np.sort(b)
+    expected = stats.ks_2samp(a, b)
+    assert ks_test(a, b) == (float(expected.statistic), float(expected.pvalue))
+    # The statistic as computed (scipy rounds it to the lattice of the exact distribution on small samples).
+    assert ks_statistic(a, b) == float(stats.ks_2samp(a, b, method="asymp").statistic)
+    assert ks_statistic(b, a) == float(stats.ks_2samp(b, a, method="asymp").statistic)
+
+
+def test_the_daily_spread_is_each_days_own_drift_statistics(spec: PipelineSpec) -> None:
+    """The profile's daily spread (computed for all days at once) equals, for every feature, the largest
+    PSI and KS statistic the drift functions give each reference day on its own; missing values, unseen
+    categories and a day too small to count included."""
+    from scipy import stats
+
+    reference_frame = _with_days(make_frame(spec, 3000, seed=71, missing={"amount": 0.1, "channel": 0.05}),
+                                 spec, DS - dt.timedelta(days=10), 10)
+    reference_frame = reference_frame.iloc[:-290]  # the last day keeps 10 rows: below MIN_SPREAD_DAY_ROWS
+    profile = build_reference_profile(reference_frame, spec)
+    days = pd.to_datetime(reference_frame[spec.timestamp_column], utc=True).dt.tz_convert(
+        spec.schedule.timezone).dt.date.to_numpy()
+    checked = 0
+    for name, kind in spec.model_features.items():
+        entry, spread = profile["features"][name], profile["features"][name]["daily_spread"]
+        if name not in reference_frame.columns or spread is None:
+            continue
+        psis, ks = [], []
+        for _, rows in reference_frame[name].groupby(days):
+            if len(rows) < 20:
+                continue
+            if kind.value == "numeric":
+                result = numeric_drift(entry, rows)
+                finite = pd.to_numeric(rows, errors="coerce").dropna().to_numpy(dtype=float)
+                ks.append(float(stats.ks_2samp(entry["sample"], finite, method="asymp").statistic))
+            else:
+                result = categorical_drift(entry, rows)
+            psis.append(result["psi"])
+        assert spread["days"] == len(psis) == 9
+        assert spread["psi_max"] == max(psis)
+        assert spread["ks_statistic_max"] == (max(ks) if ks else None)
+        checked += 1
+    assert checked >= 8

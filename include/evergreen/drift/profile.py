@@ -60,8 +60,10 @@ def bin_fractions(values: np.ndarray, edges: list[float]) -> list[float]:
 
 def category_labels(values: pd.Series) -> pd.Series:
     """Categories as strings, missing as NaN; booleans become 'True'/'False'."""
-    labels = values.astype("object").map(str)
-    return labels.where(values.notna())
+    # str() once per distinct value, not per row (a day has millions of rows and a few categories).
+    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+    names = np.array([str(v) for v in uniques] + [None], dtype=object)
+    return pd.Series(names[codes], index=values.index, dtype="str")
 
 
 def category_frequencies(values: pd.Series, max_categories: int = MAX_CATEGORIES) -> dict[str, float]:
@@ -120,7 +122,35 @@ def local_days(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray | None:
     return stamps.dt.date.to_numpy()
 
 
-def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec, days: np.ndarray | None) -> bool:
+class _Days:
+    """The rows of a frame grouped by local day once, for every feature's daily checks (numpy slices
+    instead of a pandas group-by per feature). Rows without a day (no timestamp) belong to none, as in a
+    group-by."""
+
+    def __init__(self, days: np.ndarray) -> None:
+        codes, uniques = pd.factorize(pd.Series(days, dtype="object"))
+        self.codes = codes.astype(np.int64)
+        self.valid = self.codes >= 0
+        self.count = len(uniques)
+        valid_rows = np.flatnonzero(self.valid)
+        self.order = valid_rows[np.argsort(self.codes[valid_rows], kind="stable")]  # rows grouped by day
+        self.rows = np.bincount(self.codes[valid_rows], minlength=self.count)
+        self.bounds = np.concatenate([[0], np.cumsum(self.rows)])
+
+    def slices(self, values: np.ndarray, min_rows: int) -> Any:
+        """Each day's values (days of at least ``min_rows`` rows), in row order."""
+        grouped = values[self.order]
+        for d in np.flatnonzero(self.rows >= min_rows):
+            yield grouped[self.bounds[d]:self.bounds[d + 1]]
+
+    def distinct_per_day(self, codes: np.ndarray, n_values: int) -> np.ndarray:
+        """How many of the integer ``codes`` (0 .. n_values-1; negative: missing) each day holds."""
+        keep = self.valid & (codes >= 0)
+        seen = np.bincount(self.codes[keep] * n_values + codes[keep], minlength=self.count * n_values)
+        return (seen.reshape(self.count, n_values) > 0).sum(axis=1)
+
+
+def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec, days: _Days | None) -> bool:
     """Whether the feature holds one value within every day of ``frame`` yet more than one across days
     (day of week, month, season, a holiday flag): calendar-like, so one day can never match the whole
     reference. Declared ones (``drift.calendar_features``) count without looking."""
@@ -128,48 +158,59 @@ def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec, days: np.n
         return True
     if days is None:
         return False
-    values = frame[name].astype("object").where(frame[name].notna(), None)
-    per_day = values.groupby(days).nunique(dropna=True)
-    return bool(len(per_day) >= 2 and (per_day <= 1).all() and values.nunique(dropna=True) >= 2)
+    codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
+    if len(uniques) < 2:
+        return False
+    return bool(days.count >= 2 and (days.distinct_per_day(codes, len(uniques)) <= 1).all())
 
 
 MIN_SPREAD_DAY_ROWS = 20  # days with fewer rows in the reference frame say little about daily spread
 
 
 def _daily_spread(frame: pd.DataFrame, name: str, kind: FeatureType, entry: dict[str, Any],
-                  days: np.ndarray | None) -> dict[str, Any] | None:
+                  days: _Days | None) -> dict[str, Any] | None:
     """How far the reference's own days stray from the whole reference (largest PSI and KS statistic of a
     single day): neighbouring rows of one day are alike (one weather system, one campaign), so a live day
     is judged against this spread, not against the pooled distribution alone. Statistics only, no
-    p-values (a test per day and feature would cost more than the fit on small data)."""
+    p-values (a test per day and feature would cost more than the fit on small data). Each day's PSI is
+    the one :func:`evergreen.drift.statistics.numeric_drift` / ``categorical_drift`` would give it."""
     if days is None:
         return None
-    from evergreen.drift.statistics import categorical_drift, psi
+    from evergreen.drift.statistics import ks_statistic, psi
 
-    numeric = kind == FeatureType.NUMERIC
-    if numeric:
+    psis, ks = [], []
+    if kind == FeatureType.NUMERIC:
         edges = [float(e) for e in entry.get("edges") or []]
         reference = [float(f) for f in entry.get("fractions") or []]
         sample = np.sort(np.asarray(entry.get("sample") or [], dtype="float64"))
-    psis, ks = [], []
-    for _, rows in frame[name].groupby(days):
-        if len(rows) < MIN_SPREAD_DAY_ROWS:
-            continue
-        if not numeric:
-            value = categorical_drift(entry, rows).get("psi")
-            if value is not None:
-                psis.append(float(value))
-            continue
-        values = numeric_values(rows)
-        finite = np.sort(values[np.isfinite(values)])
-        if not finite.size or sum(reference) <= 0:
-            continue
-        psis.append(psi(reference, bin_fractions(finite, edges)))
-        if sample.size:
-            points = np.concatenate([sample, finite])
-            gap = np.abs(np.searchsorted(sample, points, side="right") / sample.size
-                         - np.searchsorted(finite, points, side="right") / finite.size)
-            ks.append(float(gap.max()))
+        for values in days.slices(numeric_values(frame[name]), MIN_SPREAD_DAY_ROWS):
+            finite = np.sort(values[np.isfinite(values)])
+            if not finite.size or sum(reference) <= 0:
+                continue
+            psis.append(psi(reference, bin_fractions(finite, edges)))
+            if sample.size:
+                ks.append(ks_statistic(sample, finite))
+    else:
+        frequencies = {str(k): float(v) for k, v in (entry.get("frequencies") or {}).items()}
+        known = [k for k in frequencies if k != OTHER]
+        labels = category_labels(frame[name])
+        # Codes 0..len(known)-1 for the reference's categories, len(known) for unseen ones, -1 for missing.
+        codes = pd.Categorical(labels, categories=known).codes.astype(np.int64)
+        codes[(codes < 0) & labels.notna().to_numpy()] = len(known)
+        reference = [frequencies[k] for k in known] + ([frequencies[OTHER]] if OTHER in frequencies else [])
+        for day_codes in days.slices(codes, MIN_SPREAD_DAY_ROWS):
+            counts = np.bincount(day_codes[day_codes >= 0], minlength=len(known) + 1)
+            total = int(counts.sum())
+            if not total:
+                continue
+            current = [float(c) / total for c in counts[:len(known)]]
+            unseen = int(counts[len(known)])
+            if OTHER in frequencies:  # unseen values fall into the reference's tail bucket
+                psis.append(psi(reference, [*current, unseen / total]))
+            elif unseen:  # their own bucket, which the reference never filled
+                psis.append(psi([*reference, 0.0], [*current, unseen / total]))
+            elif known:
+                psis.append(psi(reference, current))
     if len(psis) < 2:
         return None
     return {"days": len(psis), "psi_max": max(psis), "ks_statistic_max": max(ks) if ks else None}
@@ -193,7 +234,8 @@ def build_reference_profile(
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     features: dict[str, Any] = {}
-    days = local_days(frame, spec)
+    local = local_days(frame, spec)
+    days = _Days(local) if local is not None else None
     for i, (name, kind) in enumerate(spec.model_features.items()):
         if name not in frame.columns:
             raise KeyError(f"reference frame lacks model feature {name!r}")
