@@ -64,12 +64,16 @@ stop: ## stop the demo stack started by `make demo`
 status: ## show whether the demo stack is running
 	@$(BIN)/python -m devtools.demo status
 
+# Two workers, each taking whole test files (`--dist loadfile`: a module's fixtures are built once): alone,
+# the suite keeps about one of the machine's two cores busy (it waits on schedulers and servers).
+TEST_WORKERS ?= 2
+
 test: setup actionlint ## run every test tier (unit, DAG, S3 over HTTP, real scheduler)
-	@echo "[test] running the whole suite"
-	@$(BIN)/python -m pytest
+	@echo "[test] running the whole suite ($(TEST_WORKERS) workers)"
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup actionlint ## skip the slow tiers (real scheduler, production topology)
-	@$(BIN)/python -m pytest -m "not scheduler and not production"
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not scheduler and not production"
 
 bench: setup ## benchmarks vs their baselines (BENCH_ARGS="--scale L --only training"); see docs/performance.md
 	@$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

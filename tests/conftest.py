@@ -40,6 +40,22 @@ os.environ.pop("EVERGREEN_SPECS_DIR", None)
 
 from helpers import VENV_BIN, airflow_cli, free_port  # noqa: E402 - after the environment is set
 
+# The slowest tiers first: `make test` runs two workers that take whole files (module fixtures are built
+# once), and a long file that starts last would leave one worker idle at the end.
+_TIER_ORDER = ("production", "scheduler", "realdata", "bench", "slow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def tier(item: pytest.Item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return next((i for i, name in enumerate(_TIER_ORDER) if name in marks), len(_TIER_ORDER))
+
+    first_tier: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        first_tier[module] = min(first_tier.get(module, len(_TIER_ORDER)), tier(item))
+    items.sort(key=lambda item: first_tier[item.nodeid.split("::")[0]])  # stable: file order otherwise
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:

@@ -128,9 +128,16 @@ def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> tuple[np.n
         blocks.append((design - np.asarray(params["mean"], dtype="float64")) / np.asarray(params["scale"], dtype="float64"))
         sources += [*numeric, *params["indicators"]]
     for name, categories in params["categorical"]:
-        text = matrix[name].astype("object").where(matrix[name].notna(), MISSING_CATEGORY).map(str)
-        blocks.append((text.to_numpy(dtype=object)[:, None] == np.asarray(categories, dtype=object)[None, :])
-                      .astype("float64"))
+        # One-hot by lookup: each distinct value's text (missing as MISSING_CATEGORY) is placed once, not
+        # compared with every category on every row.
+        codes, uniques = pd.factorize(matrix[name].astype("object"), use_na_sentinel=True)
+        position = {str(c): i for i, c in enumerate(categories)}
+        columns = np.array([position.get(str(v), -1) for v in uniques] + [position.get(MISSING_CATEGORY, -1)],
+                           dtype=np.int64)[codes]  # (code -1, missing, takes the last entry)
+        block = np.zeros((len(matrix), len(categories)), dtype="float64")
+        hot = np.flatnonzero(columns >= 0)
+        block[hot, columns[hot]] = 1.0
+        blocks.append(block)
         sources += [name] * len(categories)
     return (np.hstack(blocks) if blocks else np.empty((len(matrix), 0))), sources
 
