@@ -277,8 +277,13 @@ def configure_mlflow(monkeypatch: pytest.MonkeyPatch, base: Path, experiment: st
     uri = f"sqlite:///{base}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # MLflow keeps a process-wide URI once anyone sets one (it wins over the environment): ours is undone
+    # with the test, or a later test in this worker would talk to this store.
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = base / "artifacts"
         artifacts.mkdir(exist_ok=True)

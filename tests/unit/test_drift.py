@@ -703,3 +703,16 @@ def test_the_daily_spread_is_each_days_own_drift_statistics(spec: PipelineSpec) 
         assert spread["ks_statistic_max"] == (max(ks) if ks else None)
         checked += 1
     assert checked >= 8
+
+
+def test_bin_fractions_of_sorted_values_equal_the_binned_ones() -> None:
+    """The drift report counts a day's bins by binary search on its sorted values: values on an edge,
+    below the first and above the last land where bin_indices puts them."""
+    from evergreen.drift.profile import bin_fractions
+
+    rng = np.random.default_rng(5)
+    values = np.round(rng.normal(size=5000), 1)
+    for edges in ([-1.0, -0.5, 0.0, 0.5, 1.0], [0.0], [-3.0, 3.0], [-0.2, 0.0, 0.1, 5.0]):
+        expected = bin_fractions(np.append(values, np.nan), edges)
+        assert bin_fractions(np.sort(values), edges, presorted=True) == expected
+    assert bin_fractions(np.empty(0), [0.0, 1.0, 2.0], presorted=True) == [0.0, 0.0]

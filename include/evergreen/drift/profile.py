@@ -48,13 +48,18 @@ def bin_indices(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.searchsorted(interior, values, side="left")
 
 
-def bin_fractions(values: np.ndarray, edges: list[float]) -> list[float]:
-    """Share of the non-missing ``values`` in each bin of ``edges`` (one bin when edges has < 2 items)."""
-    finite = values[np.isfinite(values)]
+def bin_fractions(values: np.ndarray, edges: list[float], *, presorted: bool = False) -> list[float]:
+    """Share of the non-missing ``values`` in each bin of ``edges`` (one bin when edges has < 2 items).
+    ``presorted``: ``values`` are finite and sorted, so each bin's count is two binary searches away."""
     n_bins = max(len(edges) - 1, 1)
+    finite = values if presorted else values[np.isfinite(values)]
     if finite.size == 0:
         return [0.0] * n_bins
-    counts = np.bincount(bin_indices(finite, edges), minlength=n_bins)
+    if presorted:  # values <= each interior edge, as bin_indices places them
+        upto = np.searchsorted(finite, np.asarray(edges[1:-1], dtype="float64"), side="right")
+        counts = np.diff(np.concatenate([[0], upto, [finite.size]]))
+    else:
+        counts = np.bincount(bin_indices(finite, edges), minlength=n_bins)
     return [float(c) / finite.size for c in counts]
 
 
@@ -187,7 +192,7 @@ def _daily_spread(frame: pd.DataFrame, name: str, kind: FeatureType, entry: dict
             finite = np.sort(values[np.isfinite(values)])
             if not finite.size or sum(reference) <= 0:
                 continue
-            psis.append(psi(reference, bin_fractions(finite, edges)))
+            psis.append(psi(reference, bin_fractions(finite, edges, presorted=True)))
             if sample.size:
                 ks.append(ks_statistic(sample, finite))
     else:
