@@ -217,15 +217,15 @@ def profile(args: dict[str, Any]) -> dict[str, Any]:
 def drift(args: dict[str, Any]) -> dict[str, Any]:
     """evergreen.drift.statistics.drift_report of one day against the reference profile (read + report)."""
     t = time.perf_counter()
-    import pandas as pd
     import scipy.stats  # noqa: F401  (numeric_drift imports it lazily)
     from evergreen.drift.statistics import drift_report
+    from evergreen.storage import parquet_frame
 
     spec = _spec(args)
     imported = time.perf_counter() - t
     reference = json.loads(Path(args["profile"]).read_text())
     t = time.perf_counter()
-    frame = pd.read_parquet(args["current"])
+    frame = parquet_frame(args["current"])  # as the monitor reads a partition (storage.read_partition)
     report = drift_report(spec, reference, frame, champion_version=None, ds=dt.date.fromisoformat(args["ds"]))
     seconds = time.perf_counter() - t
     return {"import_seconds": imported, "stage_seconds": seconds, "rows": len(frame),

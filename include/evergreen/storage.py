@@ -217,6 +217,14 @@ def list_partitions(zone: str, spec_name: str, published_only: bool = True) -> d
     return dict(sorted(found.items()))
 
 
+def parquet_frame(source: Any, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file (a path or a file object) as a DataFrame: what ``pd.read_parquet`` returns, without
+    its consolidation copy into 2-D blocks (one block per column)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(source, columns=columns).to_pandas(split_blocks=True, self_destruct=True)
+
+
 def read_partition(directory: ObjectStoragePath, columns: Iterable[str] | None = None, *,
                    expected_sha256: str | None = None) -> pd.DataFrame:
     """The data files a partition's manifest lists, each file's hash verified.
@@ -248,9 +256,7 @@ def read_partition(directory: ObjectStoragePath, columns: Iterable[str] | None =
         if wanted is not None:
             names = set(pq.read_schema(io.BytesIO(data)).names)
             present = [c for c in wanted if c in names]
-        # One block per column (no consolidation copy into 2-D blocks): what pd.read_parquet returns, sooner.
-        table = pq.read_table(io.BytesIO(data), columns=present)
-        frames.append(table.to_pandas(split_blocks=True, self_destruct=True))
+        frames.append(parquet_frame(io.BytesIO(data), present))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ UNSEEN = "__unseen__"
 # Derived from the event date: constant within a daily partition, so never comparable with the reference.
 CALENDAR_FEATURES = frozenset({"event_day_of_week", "is_weekend"})
 MAX_LISTED_UNSEEN = 20
+DRIFT_THREADS = min(4, os.cpu_count() or 1)  # features judged at once (the report does not depend on it)
 
 
 def psi(expected_fractions: Any, actual_fractions: Any, eps: float = 1e-4) -> float:
@@ -376,21 +379,23 @@ def drift_report(
 
     frame = add_time_features(frame, spec, overwrite=False)
     reference = profile.get("features") or {}
-    results: dict[str, dict[str, Any]] = {}
     for name, kind in spec.model_features.items():
         if name not in reference:
             raise KeyError(f"reference profile lacks feature {name!r}: was the champion trained on another spec?")
         if name not in frame.columns:
             raise KeyError(f"frame lacks model feature {name!r}")
-        entry = reference[name]
-        numeric = kind == FeatureType.NUMERIC
-        if (entry.get("type") == FeatureType.NUMERIC.value) != numeric:
-            raise ValueError(f"feature {name!r} is {kind.value} in the spec but {entry.get('type')} in the profile")
-        result = numeric_drift(entry, frame[name]) if numeric else categorical_drift(entry, frame[name])
+        if (reference[name].get("type") == FeatureType.NUMERIC.value) != (kind == FeatureType.NUMERIC):
+            raise ValueError(f"feature {name!r} is {kind.value} in the spec but {reference[name].get('type')} in "
+                             "the profile")
+
+    def judge(name: str) -> dict[str, Any]:
+        entry, values = reference[name], frame[name]
+        numeric = spec.model_features[name] == FeatureType.NUMERIC
+        result = numeric_drift(entry, values) if numeric else categorical_drift(entry, values)
         calendar = bool(entry.get("day_constant")) or name in cfg.calendar_features or (
             spec.etl.time_features and name in CALENDAR_FEATURES)
         if calendar:
-            known, unseen = _known_values(entry, frame[name], numeric)
+            known, unseen = _known_values(entry, values, numeric)
             checks = [] if known else ["unseen_value"]
             result.update(monitored=not known, calendar_like=True, unseen_values=unseen)
             result["note"] = ("calendar-like (one value per day): today's value is one the reference knows, "
@@ -400,7 +405,13 @@ def drift_report(
             checks = _failed_checks(result, cfg)
             result.update(monitored=True, calendar_like=False)
         result.update(key=name in cfg.key_features, drifted=bool(checks), checks=checks)
-        results[name] = result
+        return result
+
+    # Features are independent and their numpy work (sorts, searches) releases the GIL: judged on a few
+    # threads, collected in the spec's order, so the report is the same whatever the thread count.
+    names = list(spec.model_features)
+    with ThreadPoolExecutor(max_workers=max(1, min(DRIFT_THREADS, len(names)))) as pool:
+        results: dict[str, dict[str, Any]] = dict(zip(names, pool.map(judge, names), strict=True))
 
     monitored_names = [n for n, r in results.items() if r["monitored"]]
     drifted = [n for n in monitored_names if results[n]["drifted"]]
