@@ -151,8 +151,10 @@ class _Days:
     def distinct_per_day(self, codes: np.ndarray, n_values: int) -> np.ndarray:
         """How many of the integer ``codes`` (0 .. n_values-1; negative: missing) each day holds."""
         keep = self.valid & (codes >= 0)
-        seen = np.bincount(self.codes[keep] * n_values + codes[keep], minlength=self.count * n_values)
-        return (seen.reshape(self.count, n_values) > 0).sum(axis=1)
+        # Distinct (day, value) pairs, not a days x values table: a continuous feature over a year of days
+        # would need hundreds of MB for the table.
+        pairs = np.unique(self.codes[keep] * n_values + codes[keep])
+        return np.bincount(pairs // n_values, minlength=self.count)
 
 
 def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec, days: _Days | None) -> bool:
