@@ -17,10 +17,12 @@ from evergreen.drift.html import render_report_html
 from evergreen.drift.profile import OTHER, build_reference_profile, category_frequencies
 from evergreen.drift.statistics import (
     UNSEEN,
+    binomial_pvalue,
     categorical_drift,
     drift_report,
     ks_statistic,
     ks_test,
+    kstwo_sf,
     numeric_drift,
     psi,
 )
@@ -716,3 +718,31 @@ def test_bin_fractions_of_sorted_values_equal_the_binned_ones() -> None:
         expected = bin_fractions(np.append(values, np.nan), edges)
         assert bin_fractions(np.sort(values), edges, presorted=True) == expected
     assert bin_fractions(np.empty(0), [0.0, 1.0, 2.0], presorted=True) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 49, 1_000, 100_000, 1_000_000])
+def test_the_missing_count_test_is_scipys_binomtest(n: int) -> None:
+    """The missing-rate p-value runs scipy's two-sided binomtest algorithm on the distribution's kernels:
+    it must be exactly scipy's number on every side of the mode, at the ends, and at extreme rates."""
+    from scipy import stats
+
+    rng = np.random.default_rng(n)
+    for p in (1e-6, 1e-3, 0.05, 0.25, 0.5, 0.9, 1 - 1e-6):
+        mode = int(p * n)
+        counts = {0, 1, n - 1, n, mode, mode + 1, max(mode - 1, 0), *rng.integers(0, n + 1, 6).tolist()}
+        for k in sorted(c for c in counts if 0 <= c <= n):
+            assert binomial_pvalue(k, n, p) == stats.binomtest(k, n, p).pvalue, (k, n, p)
+    with pytest.raises(ValueError):
+        binomial_pvalue(n + 1, n, 0.5)
+
+
+def test_the_asymptotic_ks_pvalue_is_scipys_kstwo() -> None:
+    """The KS p-value above the exact sizes is scipy's kstwo survival function, inside and at the edges of
+    its support (0.5 / n, 1)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for n in (11.0, 1_000.0, 9_000.0, 90_000.0):
+        for statistic in [*rng.random(25), 0.0, 0.5 / n, 0.5 / n + 1e-12, 1e-9, 0.003, 0.999, 1.0]:
+            expected = float(np.clip(stats.distributions.kstwo.sf(statistic, n), 0, 1))
+            assert kstwo_sf(float(statistic), n) == expected, (statistic, n)
