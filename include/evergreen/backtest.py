@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evergreen import layout, storage
+from evergreen import explain, layout, storage
 from evergreen.drift.statistics import drift_report
 from evergreen.errors import DataQualityError, EvergreenError
 from evergreen.etl.features import add_time_features
@@ -130,6 +130,9 @@ class _Replay:
         self.days: dict[dt.date, _Day] = {}
         self.scores: dict[tuple[dt.date, str, dt.date], np.ndarray] = {}
         self.verdicts: dict[tuple[dt.date, str, dt.date], dict[str, Any]] = {}
+        # Attribution drift is judged as the monitor judges it (the serving model's SHAP summary of the day
+        # against its holdout's) when it can change a verdict; otherwise neither side is computed.
+        self.attributions = spec.drift.attribution_drift_in_verdict
 
     def fit(self, as_of: dt.date) -> Challenger | None:
         """The challenger trained on the window ending ``as_of`` (None when that window is not trainable)."""
@@ -137,7 +140,7 @@ class _Replay:
             began = time.perf_counter()
             try:
                 window = select_window(self.spec, as_of, self.window_days)
-                self.fits[as_of] = fit_challenger(self.spec, window)
+                self.fits[as_of] = fit_challenger(self.spec, window, explain_holdout=self.attributions)
             except DataQualityError as exc:  # too few days or rows, a single class: keep serving
                 self.fits[as_of] = None
                 self.fit_errors[as_of] = str(exc)
@@ -199,9 +202,13 @@ class _Replay:
         key = (model.window.as_of, model.kind, ds)
         if key not in self.verdicts:
             day = self.day(ds)
+            attributions = None
+            if self.attributions and len(day.frame):
+                rows = day.frame.iloc[explain.summary_positions(len(day.frame))]
+                attributions = explain.attribution_summary(model.contributions(rows))
             report = drift_report(self.spec, model.profile, day.frame, champion_version=model.window.as_of.isoformat(),
                                   scores=scores, labels=day.decision_labels,
-                                  champion_metric=model.metrics, ds=ds)
+                                  champion_metric=model.metrics, ds=ds, attributions=attributions)
             self.verdicts[key] = {"drift_detected": report["drift_detected"], "reasons": report["reasons"]}
         return self.verdicts[key]
 

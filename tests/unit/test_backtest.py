@@ -165,3 +165,21 @@ def test_the_performance_policy_retrains_on_realized_error(changing_world, stora
     static = report["policies"]["static"]["daily"]
     assert sum(d["score"] for d in daily[-3:]) < 0.9 * sum(d["score"] for d in static[-3:])
     assert report["policies"]["performance"]["score"] < report["policies"]["static"]["score"]
+
+
+def test_attribution_drift_counts_in_the_replay_as_in_the_monitor(changing_world, storage_root: Path) -> None:
+    """With ``drift.attribution_drift_in_verdict`` the replay judges each day's SHAP shares against the
+    serving model's holdout, as the monitor does; without it neither side is computed (the fits skip the
+    holdout's SHAP pass) and no verdict can mention attributions."""
+    first = START + dt.timedelta(days=HISTORY)
+
+    def replay(in_verdict: bool) -> dict:
+        drift = changing_world.drift.model_copy(update={"attribution_drift_in_verdict": in_verdict,
+                                                        "attribution_shift_threshold": 0.0})
+        spec = changing_world.model_copy(update={"drift": drift})
+        return backtest.run_backtest(spec, first, first + dt.timedelta(days=2), backtest.parse_policies("static"),
+                                     window_days=14)["policies"]["static"]["daily"]
+
+    judged = replay(True)
+    assert all(any(r.startswith("attribution shift") for r in d["drift_reasons"]) for d in judged), judged
+    assert not any(r.startswith("attribution shift") for d in replay(False) for r in d["drift_reasons"])

@@ -97,7 +97,7 @@ def fit_booster(spec: PipelineSpec, window: TrainingWindow, params: Mapping[str,
         # the raw values): no second pass over the validation data.
         valid_pred = booster.predict(data.dvalid)
         data.dtrain = data.dvalid = None  # the quantised matrices are the biggest thing alive: free them now
-        release_memory(collect=True)
+        release_memory()
     fitted = FittedBooster(
         booster=booster, best_iteration=best_iteration,
         validation_metrics=compute_metrics(spec.task_type, data.y_valid, valid_pred),
@@ -144,7 +144,7 @@ def reference_profile(spec: PipelineSpec, window: TrainingWindow, fitted: Fitted
 
 
 def with_scores(spec: PipelineSpec, features_profile: Mapping[str, Any], holdout: HoldoutScores,
-                scores: np.ndarray, attributions: Mapping[str, Any]) -> dict[str, Any]:
+                scores: np.ndarray, attributions: Mapping[str, Any] | None) -> dict[str, Any]:
     """A model's reference profile: the features part plus its scores on the holdout, because live scores
     are out-of-sample too (in-sample scores are sharper and would fake drift), its daily holdout metric
     and its SHAP attributions on the holdout (the reference of attribution drift). The scores part depends
@@ -156,7 +156,7 @@ def with_scores(spec: PipelineSpec, features_profile: Mapping[str, Any], holdout
                                                 seed=spec.model.seed)["scores"]
     profile["scores_source"] = "holdout"
     profile["holdout_daily"] = holdout_daily_metric(spec, holdout, scores)
-    profile["attributions"] = dict(attributions)
+    profile["attributions"] = None if attributions is None else dict(attributions)
     return profile
 
 
@@ -248,10 +248,15 @@ def candidate_contributions(kind: str, fitted: FittedBooster, baseline: Mapping[
     return feature_contributions(fitted.schema, frame, booster=fitted.booster)
 
 
-def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: bool = True) -> Challenger:
+def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: bool = True,
+                   explain_holdout: bool = True) -> Challenger:
     """The XGBoost fit (early-stopped on the validation days), the linear baseline, both scored on the
     holdout days, and each one's drift reference profile. No MLflow: the training DAG logs the result
-    (:func:`train_challenger`), the backtest uses it as it is."""
+    (:func:`train_challenger`), the backtest uses it as it is.
+
+    ``explain_holdout=False`` skips the SHAP summaries of the holdout (the reference of attribution drift;
+    the profiles then hold none): for a caller whose verdicts do not use attribution drift (a backtest
+    without ``drift.attribution_drift_in_verdict``), they are the costliest step after the fit."""
     if window.spec != spec.name:
         raise ValueError(f"window is for spec {window.spec!r}, not {spec.name!r}")
     params = xgb_params(spec)
@@ -265,10 +270,12 @@ def fit_challenger(spec: PipelineSpec, window: TrainingWindow, *, streaming: boo
     metrics = compute_metrics(spec.task_type, holdout.y, holdout.challenger)
     baseline_metrics = compute_metrics(spec.task_type, holdout.y, holdout.baseline)
     steps.mark("holdout", rows=len(holdout.frame))
-    explained = holdout.frame.iloc[explain.summary_positions(len(holdout.frame))]
-    attributions = {kind: explain.attribution_summary(candidate_contributions(kind, fitted, baseline, explained))
-                    for kind in (XGBOOST, BASELINE)}
-    steps.mark("shap", rows=len(explained))
+    attributions: dict[str, dict[str, Any] | None] = {XGBOOST: None, BASELINE: None}
+    if explain_holdout:
+        explained = holdout.frame.iloc[explain.summary_positions(len(holdout.frame))]
+        attributions = {kind: explain.attribution_summary(candidate_contributions(kind, fitted, baseline, explained))
+                        for kind in (XGBOOST, BASELINE)}
+        steps.mark("shap", rows=len(explained))
     features_profile = reference_profile(spec, window, fitted)
     return Challenger(window=window, params=params, fitted=fitted, baseline=baseline, holdout=holdout,
                       metrics=metrics, baseline_metrics=baseline_metrics,
