@@ -148,6 +148,11 @@ class _Days:
         for d in np.flatnonzero(self.rows >= min_rows):
             yield grouped[self.bounds[d]:self.bounds[d + 1]]
 
+    def first_day_rows(self) -> np.ndarray:
+        """Row positions of the first day that has rows."""
+        d = int(np.flatnonzero(self.rows)[0]) if self.rows.any() else 0
+        return self.order[self.bounds[d]:self.bounds[d + 1]]
+
     def distinct_per_day(self, codes: np.ndarray, n_values: int) -> np.ndarray:
         """How many of the integer ``codes`` (0 .. n_values-1; negative: missing) each day holds."""
         keep = self.valid & (codes >= 0)
@@ -164,6 +169,9 @@ def _day_constant(frame: pd.DataFrame, name: str, spec: PipelineSpec, days: _Day
     if name in spec.drift.calendar_features:
         return True
     if days is None:
+        return False
+    # Most features are continuous: two values on the first day settle it without a pass over every day.
+    if pd.Series(frame[name].to_numpy()[days.first_day_rows()]).nunique(dropna=True) > 1:
         return False
     codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
     if len(uniques) < 2:
