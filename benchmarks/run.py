@@ -55,11 +55,13 @@ TARGETS = {
     "drift_speedup": 50.0,  # Evidently / Evergreen at M and L, same verdicts (issue 17; was 20x)
     "training_seconds": 540.0,  # training DAG at L
     "training_peak_mib": 6144.0,
-    "training_overhead": 0.10,  # DAG wall / bare fit wall - 1
     "backfill_year_seconds": 900.0,  # 365 S-scale days through the scheduler
     "parse_seconds_per_spec": 1.0,
     "backtest_over_bare": 1.5,  # evergreen backtest wall / bare loop of fits and predictions
+    "training_over_bare": {"S": 1.5, "M": 1.10, "L": 1.10},  # training DAG wall / bare fit wall (issue 17)
 }
+FLOOR_DAGS = data.BENCH_DIR / "floor_dags"
+FLOOR_DAG_ID = "evergreen_training_floor"
 BACKTEST_DAYS, BACKTEST_WINDOW = 6, 14
 SERVING_BATCH_ROWS = 1_000
 # (one-row requests, 1,000-row requests, warm-up requests of each kind); fewer at XS (the test tier).
@@ -366,17 +368,35 @@ class Bench:
         runs = self._repeat("bare fit", lambda i: python_stage("bare_train", args, log=self._logfile("bare"),
                                                                timeout=7200))
         self._record("training_bare", runs)
+        # The same task graph doing nothing, run the same way: what any training DAG pays before its work.
+        floor_env = {**self._airflow_env(home), "AIRFLOW__CORE__DAGS_FOLDER": str(FLOOR_DAGS)}
+        runs = self._repeat("Airflow floor (the training DAG's tasks, empty)", lambda i: measure(
+            [str(Path(sys.executable).parent / "airflow"), "dags", "test", FLOOR_DAG_ID, as_of.isoformat()],
+            env=floor_env, log=self._logfile("training-floor"), timeout=600))
+        self._record("training_airflow_floor", runs)
         dag = self.results["training_dag"]["summary"]
         bare = self.results["training_bare"]["summary"]
+        floor = self.results["training_airflow_floor"]["summary"]["wall_seconds"]["median"]
         overhead = dag["wall_seconds"]["median"] / bare["wall_seconds"]["median"] - 1.0
-        self.results["training_overhead"] = {"dag_over_bare_wall": overhead}
+        self.results["training_overhead"] = {
+            "dag_over_bare_wall": overhead + 1.0,
+            "airflow_floor_seconds": floor,
+            # The best ratio any training DAG run this way could reach: the floor plus the bare fit itself.
+            "floor_plus_bare_over_bare": (floor + bare["wall_seconds"]["median"]) / bare["wall_seconds"]["median"],
+            "dag_above_floor_over_bare": (dag["wall_seconds"]["median"] - floor) / bare["wall_seconds"]["median"],
+        }
+        log(f"  training DAG / bare fit: {overhead + 1.0:.2f}x; the Airflow floor alone is {floor:.1f} s, so the "
+            f"best reachable is {self.results['training_overhead']['floor_plus_bare_over_bare']:.2f}x")
+        limits = TARGETS["training_over_bare"]
+        self._target("training DAG over the bare fit", overhead + 1.0, limits.get(scale.name, limits["S"]),
+                     applies=scale.name in limits, unit="ratio",
+                     note=f"Airflow floor {floor:.1f} s: floor + bare fit alone is "
+                          f"{self.results['training_overhead']['floor_plus_bare_over_bare']:.2f}x")
         big = scale.rows_per_day >= 1_000_000
         self._target("training DAG at L: wall time", dag["wall_seconds"]["median"], TARGETS["training_seconds"],
                      applies=big, unit="s")
         self._target("training DAG at L: peak memory", dag["peak_rss_mib"]["median"], TARGETS["training_peak_mib"],
                      applies=big, unit="MiB")
-        self._target("Evergreen overhead over the bare fit", overhead, TARGETS["training_overhead"], applies=big,
-                     unit="ratio")
 
     # ------------------------------------------------------------------ 6. backtest
 

@@ -65,6 +65,14 @@ def test_harness_runs_at_xs(tmp_path: Path, airflow_db: Path) -> None:
     assert {"task_assemble_training_set_seconds", "task_train_challenger_seconds",
             "task_evaluate_gates_seconds", "task_promote_if_better_seconds"} <= set(dag)
     assert found["training_bare"]["runs"][0]["rows"] > 0
+    # The Airflow floor: the same task graph doing nothing, under `airflow dags test`, below the real DAG.
+    floor = found["training_airflow_floor"]["summary"]["wall_seconds"]["median"]
+    assert 0 < floor < dag["wall_seconds"]["median"]
+    overhead = found["training_overhead"]
+    assert overhead["airflow_floor_seconds"] == floor
+    assert overhead["floor_plus_bare_over_bare"] == pytest.approx(
+        (floor + found["training_bare"]["summary"]["wall_seconds"]["median"])
+        / found["training_bare"]["summary"]["wall_seconds"]["median"])
     # Injected covariate drift is detected, the clean day is not.
     assert found["drift_report_drifted"]["verdict"] is True
     assert found["drift_report_clean"]["verdict"] is False
@@ -79,6 +87,7 @@ def test_harness_runs_at_xs(tmp_path: Path, airflow_db: Path) -> None:
     assert "| serving | one_row_p99_ms |" in proc.stdout
     statuses = {t["target"]: t["status"] for t in payload["targets"]}
     assert statuses["training DAG at L: wall time"] == "n/a at XS"
+    assert statuses["training DAG over the bare fit"] == "n/a at XS"
     assert "not measured" in statuses["drift report vs Evidently: speed-up"]
     markdown = (results / "latest-XS.md").read_text()
     assert "## Targets" in markdown and "cores" in markdown
