@@ -17,19 +17,19 @@ OUTCOMES = ("dry_run", "promoted", "registered_challenger", "rejected")
 def training_floor() -> None:
     from airflow.providers.standard.operators.empty import EmptyOperator
 
-    @task
+    @task(multiple_outputs=False)
     def assemble_training_set() -> dict[str, str]:
         return {"window": "ok"}
 
-    @task
+    @task(multiple_outputs=False)
     def train_challenger(window: dict[str, str]) -> dict[str, str]:
         return {"run_id": "ok", **window}
 
-    @task
+    @task(multiple_outputs=False)
     def evaluate_gates(trained: dict[str, str]) -> dict[str, str]:
         return {"passed": "yes", **trained}
 
-    @task
+    @task(multiple_outputs=False)
     def promote_if_better(trained: dict[str, str], report: dict[str, str]) -> dict[str, str]:
         return {"kind": "promoted"}
 
