@@ -57,6 +57,35 @@ def test_classification_metrics_known_values() -> None:
     assert set(m) <= set(METRIC_DIRECTIONS)
 
 
+@pytest.mark.parametrize("case", range(8))
+def test_classification_metrics_equal_scikit_learn(case: int) -> None:
+    """The numpy metrics against scikit-learn's definitions: ties, scores of exactly 0 and 1, rare and
+    common positives, float32-valued scores (as XGBoost returns), one class only."""
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(case)
+    n = [1, 7, 200, 5000, 20_000, 3000, 800, 50][case]
+    y = (rng.random(n) < [0.5, 0.3, 0.02, 0.1, 0.5, 0.9, 0.0, 1.0][case]).astype(int)
+    p = rng.random(n)
+    if case % 2:
+        p = np.round(p, 1)  # many ties
+    if case in (3, 5):
+        p[: n // 4] = rng.choice([0.0, 1.0], n // 4)
+    if case == 4:
+        p = p.astype(np.float32).astype(np.float64)
+    hard = (p >= 0.5).astype(int)
+    expected = {"log_loss": skm.log_loss(y, p, labels=[0, 1]), "f1": skm.f1_score(y, hard, zero_division=0),
+                "accuracy": skm.accuracy_score(y, hard), "brier": float(np.mean((y - p) ** 2)),
+                "ece": expected_calibration_error(y, p)}
+    if len(np.unique(y)) == 2:
+        expected |= {"roc_auc": skm.roc_auc_score(y, p), "pr_auc": skm.average_precision_score(y, p),
+                     "brier": skm.brier_score_loss(y, p)}
+    got = compute_metrics("binary_classification", y, p)
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+
+
 def test_ece_known_value() -> None:
     # Two bins used: [0.2) holds scores 0.1 (observed 0/2), [0.9) holds 0.9 (observed 1/2).
     y = np.array([0, 0, 1, 0])

@@ -1,7 +1,7 @@
 """The baseline every challenger must beat: a linear model (logistic or ridge) on the same features.
 
 It sees the model matrix of :func:`evergreen.training.model.prepare_features`, imputed and scaled (numeric)
-or one-hot encoded (categorical), and is fitted on a bounded, hash-based sample of the training days.
+or one-hot encoded (categorical), and is fitted on a bounded, seeded sample of the training days.
 scikit-learn fits it; what is kept, scored and served are its exported parameters (:func:`fit_baseline`,
 :func:`evergreen.training.model.predict_linear`), so the baseline is a real candidate for promotion: a
 registered model from the same code file as XGBoost's, without a pickle.

@@ -71,6 +71,33 @@ class HoldoutScores:
     baseline: np.ndarray
 
 
+def _best_round_predictions(dvalid: Any) -> Any:
+    """An XGBoost callback keeping the predictions on the validation matrix at the rounds that can still
+    be the best one; ``.at(best_iteration)`` returns them (None if not kept).
+
+    Each round's evaluation updates XGBoost's prediction cache of that matrix, so reading it is a copy, not
+    a pass over the trees (3M rows x 100 trees: ~10 s at L). Early stopping records the best round after
+    this callback runs, so at round ``r`` the best is known up to ``r - 1``: the best so far and round ``r``
+    are kept, two arrays at most."""
+    import xgboost as xgb
+
+    class BestRoundPredictions(xgb.callback.TrainingCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rounds: dict[int, np.ndarray] = {}
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            best = model.attr("best_iteration")
+            self.rounds = {r: p for r, p in self.rounds.items() if best is not None and r == int(best)}
+            self.rounds[epoch] = model.predict(dvalid)  # the whole model so far: served from the cache
+            return False
+
+        def at(self, best_iteration: int) -> np.ndarray | None:
+            return self.rounds.get(best_iteration)
+
+    return BestRoundPredictions()
+
+
 def fit_booster(spec: PipelineSpec, window: TrainingWindow, params: Mapping[str, Any], *, streaming: bool,
                 steps: StepTimer) -> FittedBooster:
     """Fit XGBoost on the training days with early stopping on the validation days."""
@@ -85,17 +112,20 @@ def fit_booster(spec: PipelineSpec, window: TrainingWindow, params: Mapping[str,
         else:
             data = in_memory_training_data(spec, window)
             steps.mark("load_in_memory")
+        validation = _best_round_predictions(data.dvalid)
         booster = xgb.train(
             dict(params), data.dtrain, num_boost_round=spec.model.num_boost_round,
             evals=[(data.dvalid, "validation")], early_stopping_rounds=spec.model.early_stopping_rounds,
-            verbose_eval=False,
+            verbose_eval=False, callbacks=[validation],
         )
         best_iteration = int(booster.best_iteration)
+        # The validation scores at the best round, as the fit's evaluation already computed them (on the
+        # quantised matrix: splits fall on its bin edges, so they equal the scores on the raw values).
+        valid_pred = validation.at(best_iteration)
         booster = booster[: best_iteration + 1]  # keep only the trees up to the early-stopping optimum
+        if valid_pred is None:
+            valid_pred = booster.predict(data.dvalid)
         steps.mark("fit", best_iteration=best_iteration)
-        # Scored on the quantised matrix (splits fall on its bin edges, so the predictions are the same as on
-        # the raw values): no second pass over the validation data.
-        valid_pred = booster.predict(data.dvalid)
         data.dtrain = data.dvalid = None  # the quantised matrices are the biggest thing alive: free them now
         release_memory()
     fitted = FittedBooster(
@@ -291,7 +321,7 @@ def train_challenger(spec: PipelineSpec, window: TrainingWindow, *, lineage: Map
 
     ``streaming`` (default) feeds XGBoost one partition at a time, so memory does not grow with the window;
     ``streaming=False`` concatenates the days in pandas first (the reference path: same model, more memory).
-    The baseline and the reference profile use at most ``SAMPLE_MAX_ROWS`` training rows (hash-sampled).
+    The baseline and the reference profile use at most ``SAMPLE_MAX_ROWS`` training rows (a seeded sample per day).
 
     Returns ``{run_id, baseline_run_id, model_uri, metrics, baseline_metrics, validation_metrics,
     best_iteration, data_digest, as_of, experiment_id}`` (JSON-safe; metrics are on the holdout days).
