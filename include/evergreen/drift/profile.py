@@ -7,6 +7,7 @@ Binning helpers are public so the monitor bins live data with the same rules.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -119,12 +120,24 @@ def _categorical_profile(values: pd.Series, kind: FeatureType) -> dict[str, Any]
     }
 
 
-def local_days(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray | None:
-    """The local calendar day of every row (None without timestamps): what the daily checks group by."""
+def local_day_codes(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[np.ndarray, list[dt.date]] | None:
+    """Each row's local calendar day as a code into the sorted list of days (-1: no timestamp), or None
+    without timestamps. Grouped on the local midnights (integers), not on a date object per row."""
     if spec.timestamp_column not in frame.columns or frame.empty:
         return None
     stamps = pd.to_datetime(frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
-    return stamps.dt.date.to_numpy()
+    codes, midnights = pd.factorize(stamps.dt.normalize(), sort=True)
+    return codes.astype(np.int64, copy=False), [midnight.date() for midnight in midnights]
+
+
+def local_days(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray | None:
+    """The local calendar day of every row (None without timestamps, None for a row without one): what
+    the daily checks group by."""
+    coded = local_day_codes(frame, spec)
+    if coded is None:
+        return None
+    codes, days = coded
+    return np.array([*days, None], dtype=object)[codes]  # code -1 takes the trailing None
 
 
 class _Days:

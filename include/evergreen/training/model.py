@@ -120,6 +120,12 @@ def prepare_features(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame
     return pd.DataFrame(out, index=frame.index, copy=False)  # fresh columns: no consolidation copy
 
 
+def booster_scores(booster: Any, matrix: pd.DataFrame) -> np.ndarray:
+    """XGBoost's scores (float64) on an :func:`xgboost_input` matrix, predicted in place: the same numbers
+    as through a ``DMatrix``, without copying the rows into one first."""
+    return np.asarray(booster.inplace_predict(matrix), dtype="float64")
+
+
 def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """The linear baseline's design matrix from a model matrix (:func:`prepare_features`): impute (median,
     plus a missing indicator where training had gaps), standardise, one-hot encode (unseen and missing
@@ -138,7 +144,11 @@ def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> tuple[np.n
     for name, categories in params["categorical"]:
         # One-hot by lookup: each distinct value's text (missing as MISSING_CATEGORY) is placed once, not
         # compared with every category on every row.
-        codes, uniques = pd.factorize(matrix[name].astype("object"), use_na_sentinel=True)
+        values = matrix[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):  # prepare_features' output: its codes, no hashing
+            codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
+        else:
+            codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
         position = {str(c): i for i, c in enumerate(categories)}
         columns = np.array([position.get(str(v), -1) for v in uniques] + [position.get(MISSING_CATEGORY, -1)],
                            dtype=np.int64)[codes]  # (code -1, missing, takes the last entry)
@@ -203,10 +213,7 @@ class EvergreenModel(mlflow.pyfunc.PythonModel):
         matrix = prepare_features(pd.DataFrame(model_input), self._schema)
         if self._linear is not None:
             return predict_linear(self._linear, matrix).astype("float64")
-        import xgboost as xgb
-
-        matrix = xgboost_input(matrix, self._schema)
-        return self._booster.predict(xgb.DMatrix(matrix, enable_categorical=True)).astype("float64")
+        return booster_scores(self._booster, xgboost_input(matrix, self._schema))
 
     def contributions(self, model_input: pd.DataFrame) -> pd.DataFrame:
         """SHAP values per row and model column (plus ``__bias__``): :func:`feature_contributions`."""

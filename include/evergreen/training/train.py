@@ -21,7 +21,14 @@ from evergreen.evaluation import BASELINE, XGBOOST, compute_metrics
 from evergreen.spec import PipelineSpec, TaskType
 from evergreen.training import model
 from evergreen.training.baseline import fit_baseline, predict_baseline
-from evergreen.training.model import FeatureSchema, feature_contributions, prepare_features, xgboost_input
+from evergreen.training.model import (
+    FeatureSchema,
+    booster_scores,
+    feature_contributions,
+    predict_linear,
+    prepare_features,
+    xgboost_input,
+)
 from evergreen.training.streaming import (
     StepTimer,
     TrainingData,
@@ -141,25 +148,27 @@ def fit_booster(spec: PipelineSpec, window: TrainingWindow, params: Mapping[str,
 
 def predict_booster(booster: Any, schema: FeatureSchema, frame: pd.DataFrame) -> np.ndarray:
     """The booster's scores on feature rows (what the served model computes, without MLflow around it)."""
-    import xgboost as xgb
-
     if frame.empty:
         return np.empty(0, dtype="float64")
-    matrix = xgboost_input(prepare_features(frame, schema), schema)
-    return np.asarray(booster.predict(xgb.DMatrix(matrix, enable_categorical=True)), dtype="float64")
+    return booster_scores(booster, xgboost_input(prepare_features(frame, schema), schema))
 
 
 def score_holdout(spec: PipelineSpec, window: TrainingWindow, booster: Any, baseline: dict[str, Any],
                   schema: FeatureSchema) -> HoldoutScores:
-    """Both models' scores on the holdout days, one day at a time."""
+    """Both models' scores on the holdout days, one day at a time, from one model matrix per day."""
     days = [load_day(spec, ds, window) for ds in window.holdout_days]
     challenger, base = [], []
     for day in days:
-        challenger.append(predict_booster(booster, schema, day))
-        base.append(predict_baseline(baseline, day, schema))
+        if day.empty:
+            continue
+        matrix = prepare_features(day, schema)
+        challenger.append(booster_scores(booster, xgboost_input(matrix, schema)))
+        base.append(predict_linear(baseline, matrix))
     frame = pd.concat(days, ignore_index=True)
-    return HoldoutScores(frame=frame, y=target_values(frame, spec), challenger=np.concatenate(challenger),
-                         baseline=np.concatenate(base))
+    empty = np.empty(0, dtype="float64")
+    return HoldoutScores(frame=frame, y=target_values(frame, spec),
+                         challenger=np.concatenate(challenger) if challenger else empty,
+                         baseline=np.concatenate(base) if base else empty)
 
 
 def reference_profile(spec: PipelineSpec, window: TrainingWindow, fitted: FittedBooster) -> dict[str, Any]:
@@ -192,12 +201,14 @@ def with_scores(spec: PipelineSpec, features_profile: Mapping[str, Any], holdout
 
 def holdout_daily_metric(spec: PipelineSpec, holdout: HoldoutScores, scores: np.ndarray) -> dict[str, Any]:
     """The primary metric on each holdout day: the spread a live day's error is judged against."""
+    from evergreen.drift.profile import local_day_codes
+
     metric = spec.primary_metric
-    local = pd.to_datetime(holdout.frame[spec.timestamp_column], utc=True).dt.tz_convert(spec.schedule.timezone)
-    days = local.dt.date.to_numpy()
+    coded = local_day_codes(holdout.frame, spec)
+    codes, days = coded if coded is not None else (np.empty(0, dtype=np.int64), [])  # None: no rows
     values = []
-    for day in sorted(set(days)):
-        mask = days == day
+    for code in range(len(days)):
+        mask = codes == code
         value = compute_metrics(spec.task_type, holdout.y[mask], scores[mask]).get(metric)
         values.append(value if value is not None and np.isfinite(value) else None)
     return {"metric": metric, "values": values}
