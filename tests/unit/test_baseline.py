@@ -1,4 +1,5 @@
-"""The linear baseline as a served model: its exported parameters compute what scikit-learn computes."""
+"""The linear baseline as a served model: its numpy transform and exported parameters compute what the
+equivalent scikit-learn pipeline computes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from evergreen.spec import TaskType
-from evergreen.training.baseline import baseline_input, build_baseline, export_linear, predict_baseline
-from evergreen.training.model import fit_feature_schema, prepare_features
+from evergreen.training.baseline import fit_baseline, predict_baseline
+from evergreen.training.model import FeatureSchema, fit_feature_schema, prepare_features
 from helpers import small_spec
 
 
@@ -26,6 +27,35 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
     })
 
 
+def _sklearn_pipeline(task: TaskType, schema: FeatureSchema) -> object:
+    """The scikit-learn pipeline the numpy transform reproduces (and the baseline was fitted with before)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c for c in schema.columns if schema.kinds[c] != "categorical"]
+    categorical = [c for c in schema.columns if schema.kinds[c] == "categorical"]
+    features = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                          ("scale", StandardScaler())]), numeric),
+        ("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                          ("onehot", OneHotEncoder(handle_unknown="ignore"))]), categorical),
+    ])
+    model = LogisticRegression(max_iter=2000) if task == TaskType.BINARY_CLASSIFICATION else Ridge(alpha=1.0)
+    return Pipeline([("features", features), ("model", model)])
+
+
+def _sklearn_input(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    """Categoricals as object columns with NaN: what SimpleImputer/OneHotEncoder handle everywhere."""
+    out = prepare_features(frame, schema)
+    for name in schema.columns:
+        if schema.kinds[name] == "categorical":
+            out[name] = np.asarray(out[name].astype(object).where(out[name].notna(), np.nan), dtype=object)
+    return out
+
+
 @pytest.mark.parametrize("task", [TaskType.BINARY_CLASSIFICATION, TaskType.REGRESSION])
 def test_exported_baseline_predicts_like_sklearn(task: TaskType) -> None:
     spec = small_spec("fraud")
@@ -37,15 +67,24 @@ def test_exported_baseline_predicts_like_sklearn(task: TaskType) -> None:
     y = (train["score"] + (train["channel"] == "web") > 0.5).to_numpy(dtype=float)
     if task == TaskType.REGRESSION:
         y = 3.0 * train["score"].to_numpy() + np.nan_to_num(train["amount"].to_numpy()) / 50.0
-    pipeline = build_baseline(spec, schema)
-    pipeline.fit(baseline_input(prepare_features(train, schema), schema), y)
-    params = json.loads(json.dumps(export_linear(pipeline, schema), sort_keys=True))  # as the served file holds it
+    pipeline = _sklearn_pipeline(task, schema)
+    pipeline.fit(_sklearn_input(train, schema), y)
+    params = json.loads(json.dumps(fit_baseline(spec, schema, train, y), sort_keys=True))  # as the served file holds it
+    # The numpy transform learnt what scikit-learn's learnt.
+    imputer = pipeline.named_steps["features"].named_transformers_["num"].named_steps["impute"]
+    scaler = pipeline.named_steps["features"].named_transformers_["num"].named_steps["scale"]
+    encoder = pipeline.named_steps["features"].named_transformers_["cat"].named_steps["onehot"]
+    np.testing.assert_allclose(params["medians"], np.nan_to_num(imputer.statistics_), rtol=0, atol=0)
+    np.testing.assert_allclose(params["mean"], scaler.mean_, rtol=1e-12, atol=0)  # summation order
+    np.testing.assert_allclose(params["scale"], scaler.scale_, rtol=1e-12, atol=0)
+    assert params["categorical"] == [["channel", [str(c) for c in encoder.categories_[0]]]]
+    np.testing.assert_allclose(params["coef"], pipeline.named_steps["model"].coef_.reshape(-1), rtol=1e-9, atol=1e-9)
 
     live = _frame(500, seed=2)
     live.loc[live.index[:20], "channel"] = "kiosk"  # unseen category
     live.loc[live.index[20:40], "score"] = np.nan  # missing where training had none
     live.loc[live.index[40:45], "empty"] = 5.0
-    expected_input = baseline_input(prepare_features(live, schema), schema)
+    expected_input = _sklearn_input(live, schema)
     if task == TaskType.BINARY_CLASSIFICATION:
         # sklearn cannot score NaN in a column that had no gaps in training: compare where it can.
         ok = live["score"].notna().to_numpy()
