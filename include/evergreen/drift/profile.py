@@ -66,6 +66,8 @@ def bin_fractions(values: np.ndarray, edges: list[float], *, presorted: bool = F
 
 def category_labels(values: pd.Series) -> pd.Series:
     """Categories as strings, missing as NaN; booleans become 'True'/'False'."""
+    if values.dtype == "str":  # text already (what the feature ETL writes): nothing to convert
+        return values
     # str() once per distinct value, not per row (a day has millions of rows and a few categories).
     codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
     names = np.array([str(v) for v in uniques] + [None], dtype=object)
@@ -130,26 +132,16 @@ def local_day_codes(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[np.ndarray
     return codes.astype(np.int64, copy=False), [midnight.date() for midnight in midnights]
 
 
-def local_days(frame: pd.DataFrame, spec: PipelineSpec) -> np.ndarray | None:
-    """The local calendar day of every row (None without timestamps, None for a row without one): what
-    the daily checks group by."""
-    coded = local_day_codes(frame, spec)
-    if coded is None:
-        return None
-    codes, days = coded
-    return np.array([*days, None], dtype=object)[codes]  # code -1 takes the trailing None
-
-
 class _Days:
     """The rows of a frame grouped by local day once, for every feature's daily checks (numpy slices
     instead of a pandas group-by per feature). Rows without a day (no timestamp) belong to none, as in a
     group-by."""
 
-    def __init__(self, days: np.ndarray) -> None:
-        codes, uniques = pd.factorize(pd.Series(days, dtype="object"))
-        self.codes = codes.astype(np.int64)
+    def __init__(self, codes: np.ndarray, count: int) -> None:
+        """``codes``: each row's day as 0 .. ``count`` - 1, or -1 (:func:`local_day_codes`)."""
+        self.codes = codes.astype(np.int64, copy=False)
         self.valid = self.codes >= 0
-        self.count = len(uniques)
+        self.count = count
         valid_rows = np.flatnonzero(self.valid)
         self.order = valid_rows[np.argsort(self.codes[valid_rows], kind="stable")]  # rows grouped by day
         self.rows = np.bincount(self.codes[valid_rows], minlength=self.count)
@@ -262,8 +254,8 @@ def build_reference_profile(
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     features: dict[str, Any] = {}
-    local = local_days(frame, spec)
-    days = _Days(local) if local is not None else None
+    coded = local_day_codes(frame, spec)
+    days = _Days(coded[0], len(coded[1])) if coded is not None else None
     for i, (name, kind) in enumerate(spec.model_features.items()):
         if name not in frame.columns:
             raise KeyError(f"reference frame lacks model feature {name!r}")
