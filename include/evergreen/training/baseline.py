@@ -40,7 +40,9 @@ def fit_design(schema: FeatureSchema, matrix: pd.DataFrame) -> dict[str, Any]:
         missing = np.isnan(values)
         gaps = missing.any(axis=0)
         medians = np.zeros(len(numeric))
-        for j in np.flatnonzero(~missing.all(axis=0)):  # an empty column is imputed with 0 (keep_empty_features)
+        if len(values):
+            medians[~gaps] = np.median(values[:, ~gaps], axis=0)
+        for j in np.flatnonzero(gaps & ~missing.all(axis=0)):  # an empty column is imputed with 0 (keep_empty_features)
             medians[j] = np.median(values[~missing[:, j], j])
         design = np.hstack([np.where(missing, medians, values), missing[:, gaps].astype("float64")])
         rows = len(design)
