@@ -101,3 +101,32 @@ def test_exported_baseline_predicts_like_sklearn(task: TaskType) -> None:
     assert len(np.unique(np.round(got, 6))) > 50
     # A missing value where training had none is imputed with the median, not NaN.
     assert np.isfinite(predict_baseline(params, live, schema)).all()
+
+
+def test_high_cardinality_categorical_fits_sparse_and_scores_without_the_one_hot_matrix() -> None:
+    """A categorical of thousands of values (a merchant or postcode id): the fit's design is sparse, as
+    scikit-learn stacks it, and scoring and SHAP look coefficients up instead of building rows x values."""
+    from evergreen.training.model import linear_contributions, linear_design
+
+    spec = small_spec("fraud")
+    rng = np.random.default_rng(3)
+    rows = 6_000
+    merchant = rng.integers(0, 3_000, rows)
+    train = pd.DataFrame({"amount": rng.gamma(2.0, 30.0, rows),
+                          "merchant": pd.array([f"m{m:04d}" for m in merchant], dtype="str")})
+    y = ((merchant % 7 == 0) | (train["amount"].to_numpy() > 90)).astype(float)
+    features = {"amount": "numeric", "merchant": "categorical"}
+    schema = fit_feature_schema(train, features)
+    params = json.loads(json.dumps(fit_baseline(spec, schema, train, y)))
+    design = linear_design(params, prepare_features(train, schema))
+    assert design.format == "csr" and design.shape == (rows, 1 + len(params["categorical"][0][1]))
+
+    pipeline = _sklearn_pipeline(TaskType.BINARY_CLASSIFICATION, schema)
+    pipeline.fit(_sklearn_input(train, schema), y)
+    live = train.sample(500, random_state=0).reset_index(drop=True)
+    live.loc[:9, "merchant"] = "never-seen"
+    got = predict_baseline(params, live, schema)
+    np.testing.assert_allclose(got, pipeline.predict_proba(_sklearn_input(live, schema))[:, 1], rtol=1e-7, atol=1e-9)
+    # SHAP's local accuracy through the lookup: the values and the expected score add up to the log-odds.
+    values = linear_contributions(params, prepare_features(live, schema), schema.columns)
+    np.testing.assert_allclose(values.sum(axis=1), np.log(got / (1 - got)), rtol=1e-9, atol=1e-9)

@@ -64,13 +64,13 @@ def fit_design(schema: FeatureSchema, matrix: pd.DataFrame) -> dict[str, Any]:
 def fit_baseline(spec: PipelineSpec, schema: FeatureSchema, sample: pd.DataFrame, y: np.ndarray) -> dict[str, Any]:
     """Fit the linear baseline on ``sample`` and return its exported parameters (what
     :func:`~evergreen.training.model.predict_linear` serves), with the design's mean on the sample (the
-    reference point of its SHAP values). The design is :func:`linear_design`'s, the one serving builds."""
+    reference point of its SHAP values). The design is :func:`linear_design`'s, from the blocks serving uses."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from threadpoolctl import threadpool_limits
 
     matrix = prepare_features(sample, schema)
     params = fit_design(schema, matrix)
-    design, _ = linear_design(params, matrix)
+    design = linear_design(params, matrix)
     classifier = spec.task_type == TaskType.BINARY_CLASSIFICATION
     estimator: Any = LogisticRegression(max_iter=2000) if classifier else Ridge(alpha=1.0)
     # One BLAS thread: L-BFGS on a few dozen columns ran 2.5x slower on OpenBLAS's threads (2 cores), and
@@ -81,7 +81,8 @@ def fit_baseline(spec: PipelineSpec, schema: FeatureSchema, sample: pd.DataFrame
                   intercept=float(np.asarray(estimator.intercept_, dtype="float64").reshape(-1)[0]),
                   link="logistic" if classifier else "identity", estimator=type(estimator).__name__,
                   columns=list(schema.columns),
-                  design_mean=design.mean(axis=0).tolist() if len(design) else [0.0] * design.shape[1])
+                  design_mean=(np.asarray(design.mean(axis=0)).reshape(-1).tolist() if design.shape[0]
+                               else [0.0] * design.shape[1]))
     return params
 
 

@@ -126,46 +126,90 @@ def booster_scores(booster: Any, matrix: pd.DataFrame) -> np.ndarray:
     return np.asarray(booster.inplace_predict(matrix), dtype="float64")
 
 
-def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """The linear baseline's design matrix from a model matrix (:func:`prepare_features`): impute (median,
-    plus a missing indicator where training had gaps), standardise, one-hot encode (unseen and missing
-    values as in training). Also the model column each design column comes from."""
-    blocks: list[np.ndarray] = []
-    sources: list[str] = []
+@dataclass(frozen=True)
+class LinearBlocks:
+    """The linear baseline's design in two parts: the standardised numerics (imputed with the training
+    medians, plus a missing indicator where training had gaps) as a dense matrix, and for each categorical
+    each row's one-hot column within its block (-1: none, an unseen value). The one-hot part is never
+    materialised for scoring: a categorical of 30,000 values on a 1M-row day would be a 240 GB matrix."""
+
+    numeric: np.ndarray  # rows x (numeric + indicator) columns
+    hot: list[np.ndarray]  # per categorical of params["categorical"]: one-hot column per row, or -1
+    widths: list[int]  # per categorical: its number of one-hot columns
+
+
+def linear_blocks(params: Mapping[str, Any], matrix: pd.DataFrame) -> LinearBlocks:
+    """The linear baseline's design of a model matrix (:func:`prepare_features`), as :class:`LinearBlocks`."""
     numeric = params["numeric"]
+    dense = np.empty((len(matrix), 0), dtype="float64")
     if numeric:
         values = np.column_stack([matrix[c].to_numpy(dtype="float64", na_value=np.nan) for c in numeric])
         missing = np.isnan(values)
         filled = np.where(missing, np.asarray(params["medians"], dtype="float64"), values)
         indicators = missing[:, [numeric.index(c) for c in params["indicators"]]].astype("float64")
         design = np.hstack([filled, indicators])
-        blocks.append((design - np.asarray(params["mean"], dtype="float64")) / np.asarray(params["scale"], dtype="float64"))
-        sources += [*numeric, *params["indicators"]]
+        dense = (design - np.asarray(params["mean"], dtype="float64")) / np.asarray(params["scale"], dtype="float64")
+    hot: list[np.ndarray] = []
     for name, categories in params["categorical"]:
-        # One-hot by lookup: each distinct value's text (missing as MISSING_CATEGORY) is placed once, not
-        # compared with every category on every row.
+        # Each distinct value's text (missing as MISSING_CATEGORY) is placed once, not per row.
         values = matrix[name]
         if isinstance(values.dtype, pd.CategoricalDtype):  # prepare_features' output: its codes, no hashing
             codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
         else:
             codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
         position = {str(c): i for i, c in enumerate(categories)}
-        columns = np.array([position.get(str(v), -1) for v in uniques] + [position.get(MISSING_CATEGORY, -1)],
-                           dtype=np.int64)[codes]  # (code -1, missing, takes the last entry)
-        block = np.zeros((len(matrix), len(categories)), dtype="float64")
-        hot = np.flatnonzero(columns >= 0)
-        block[hot, columns[hot]] = 1.0
-        blocks.append(block)
-        sources += [name] * len(categories)
-    return (np.hstack(blocks) if blocks else np.empty((len(matrix), 0))), sources
+        hot.append(np.array([position.get(str(v), -1) for v in uniques] + [position.get(MISSING_CATEGORY, -1)],
+                            dtype=np.int64)[codes])  # (code -1, missing, takes the last entry)
+    return LinearBlocks(numeric=dense, hot=hot, widths=[len(c) for _, c in params["categorical"]])
+
+
+SPARSE_DESIGN_DENSITY = 0.3  # scikit-learn's ColumnTransformer default: below it the design is sparse
+
+
+def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> Any:
+    """The full design matrix the baseline is fitted on (numerics, then each categorical's one-hot block):
+    dense, or a CSR matrix when the one-hot columns make it mostly zeros (a high-cardinality categorical),
+    as scikit-learn's ColumnTransformer stacks it. Scoring never builds it (:func:`predict_linear`)."""
+    blocks = linear_blocks(params, matrix)
+    rows, width = len(matrix), blocks.numeric.shape[1] + sum(blocks.widths)
+    filled = rows * (blocks.numeric.shape[1] + len(blocks.hot))
+    if width and filled / (rows * width or 1) < SPARSE_DESIGN_DENSITY:
+        from scipy import sparse
+
+        parts = [sparse.csr_matrix(blocks.numeric)]
+        for hot, n in zip(blocks.hot, blocks.widths, strict=True):
+            on = np.flatnonzero(hot >= 0)
+            parts.append(sparse.csr_matrix((np.ones(len(on)), (on, hot[on])), shape=(rows, n)))
+        return sparse.hstack(parts, format="csr")
+    design = np.zeros((rows, width), dtype="float64")
+    design[:, :blocks.numeric.shape[1]] = blocks.numeric
+    offset = blocks.numeric.shape[1]
+    for hot, n in zip(blocks.hot, blocks.widths, strict=True):
+        on = np.flatnonzero(hot >= 0)
+        design[on, offset + hot[on]] = 1.0
+        offset += n
+    return design
+
+
+def _one_hot_terms(blocks: LinearBlocks, values: np.ndarray) -> list[np.ndarray]:
+    """Per categorical, each row's entry of ``values`` (one per one-hot column) at its hot column, 0 if none."""
+    terms, offset = [], blocks.numeric.shape[1]
+    for hot, n in zip(blocks.hot, blocks.widths, strict=True):
+        block = values[offset:offset + n]
+        terms.append(np.where(hot >= 0, block[np.maximum(hot, 0)] if n else 0.0, 0.0))
+        offset += n
+    return terms
 
 
 def predict_linear(params: Mapping[str, Any], matrix: pd.DataFrame) -> np.ndarray:
-    """The linear baseline on a model matrix, from its exported parameters: the linear score of
-    :func:`linear_design` (a probability for a logistic model). numpy only, so the served baseline needs
-    neither scikit-learn nor a pickle."""
-    design, _ = linear_design(params, matrix)
-    score = design @ np.asarray(params["coef"], dtype="float64") + float(params["intercept"])
+    """The linear baseline on a model matrix, from its exported parameters: the linear score of its design
+    (a probability for a logistic model), the one-hot part as a lookup of each row's coefficient. numpy
+    only, so the served baseline needs neither scikit-learn nor a pickle."""
+    blocks = linear_blocks(params, matrix)
+    coef = np.asarray(params["coef"], dtype="float64")
+    score = blocks.numeric @ coef[:blocks.numeric.shape[1]] + float(params["intercept"])
+    for term in _one_hot_terms(blocks, coef):
+        score = score + term
     if params["link"] == "logistic":
         return 1.0 / (1.0 + np.exp(-score))
     return score
@@ -178,15 +222,21 @@ def linear_contributions(params: Mapping[str, Any], matrix: pd.DataFrame, column
     """Exact SHAP values of the linear baseline (features taken as independent), in its link's space:
     coefficient times the design column's distance from its training mean, summed per model column; the
     last column is the expected score. Rows sum to the linear score, as XGBoost's ``pred_contribs`` do."""
-    design, sources = linear_design(params, matrix)
+    blocks = linear_blocks(params, matrix)
     coef = np.asarray(params["coef"], dtype="float64")
     # Standardised numerics have mean 0 on the training sample; one-hot columns have their category's rate.
     centre = np.asarray(params.get("design_mean") or np.zeros(len(coef)), dtype="float64")
-    parts = (design - centre) * coef
     out = np.zeros((len(matrix), len(columns) + 1), dtype="float64")
     index = {name: i for i, name in enumerate(columns)}
-    for j, source in enumerate(sources):
+    width = blocks.numeric.shape[1]
+    parts = (blocks.numeric - centre[:width]) * coef[:width]
+    for j, source in enumerate([*params["numeric"], *params["indicators"]]):
         out[:, index[source]] += parts[:, j]
+    # A categorical's one-hot columns together: its hot column's coefficient, less the block's centre.
+    offset = width
+    for (name, _), term, n in zip(params["categorical"], _one_hot_terms(blocks, coef), blocks.widths, strict=True):
+        out[:, index[name]] += term - float(centre[offset:offset + n] @ coef[offset:offset + n])
+        offset += n
     out[:, -1] = float(params["intercept"]) + float(centre @ coef)
     return out
 
