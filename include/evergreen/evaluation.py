@@ -102,6 +102,8 @@ def compute_metrics(task_type: TaskType | str, y_true: Any, y_pred: Any) -> dict
         raise ValueError(f"y_true has {len(y_true)} rows, y_pred {len(y_pred)}")
     if len(y_true) == 0:
         raise ValueError("cannot compute metrics on zero rows")
+    if not np.isfinite(y_pred).all():  # a broken model, not a metric: as scikit-learn refused it
+        raise ValueError(f"{int((~np.isfinite(y_pred)).sum())} of {len(y_pred)} predictions are NaN or infinite")
     if TaskType(task_type) == TaskType.REGRESSION:
         return {
             "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),

@@ -86,6 +86,11 @@ def test_classification_metrics_equal_scikit_learn(case: int) -> None:
         assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
 
 
+def test_non_finite_predictions_are_refused() -> None:
+    with pytest.raises(ValueError, match="1 of 3 predictions are NaN"):
+        compute_metrics("binary_classification", [0, 1, 1], [0.1, np.nan, 0.8])
+
+
 def test_ece_known_value() -> None:
     # Two bins used: [0.2) holds scores 0.1 (observed 0/2), [0.9) holds 0.9 (observed 1/2).
     y = np.array([0, 0, 1, 0])

@@ -101,6 +101,19 @@ def test_unsorted_multi_file_partition_is_read_in_canonical_order(env: Path, mon
     pd.testing.assert_frame_equal(training_window.load_day(spec, START), sorted_once)
 
 
+def test_day_sample_is_seeded_and_a_smaller_quota_keeps_a_subset() -> None:
+    spec = small_spec()
+    day = make_feature_day(spec, START, 500, seed=3)
+    small, large = (streaming.sample_day(day, n, seed=7, ds=START) for n in (40, 120))
+    ids = spec.entity_keys[0]
+    assert len(small) == 40 and len(large) == 120
+    assert set(small[ids]) <= set(large[ids])
+    pd.testing.assert_frame_equal(small, streaming.sample_day(day, 40, seed=7, ds=START))  # the same rows each run
+    assert set(small[ids]) != set(streaming.sample_day(day, 40, seed=8, ds=START)[ids])  # the seed matters
+    position = {key: i for i, key in enumerate(day[ids])}
+    assert pd.Series([position[k] for k in small[ids]]).is_monotonic_increasing  # in the day's row order
+
+
 def test_baseline_and_profile_use_a_bounded_sample(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = small_spec()
     configure_mlflow(monkeypatch, env, spec.name)

@@ -2,8 +2,9 @@
 
 It sees the model matrix of :func:`evergreen.training.model.prepare_features`, imputed and scaled (numeric)
 or one-hot encoded (categorical), and is fitted on a bounded, seeded sample of the training days.
-The transform is learnt in numpy (:func:`fit_design`) and applied by the one function serving applies too
-(:func:`evergreen.training.model.linear_design`); scikit-learn fits the linear model on that design. What is
+The transform is learnt in numpy (:func:`fit_design`); the design it is fitted on comes from the blocks
+serving scores with (:func:`evergreen.training.model.linear_blocks`), and scikit-learn fits the linear
+model on it. What is
 kept, scored and served are the exported parameters (:func:`fit_baseline`,
 :func:`evergreen.training.model.predict_linear`), so the baseline is a real candidate for promotion: a
 registered model from the same code file as XGBoost's, without a pickle.
@@ -54,10 +55,13 @@ def fit_design(schema: FeatureSchema, matrix: pd.DataFrame) -> dict[str, Any]:
         params.update(medians=medians.tolist(), indicators=[c for c, gap in zip(numeric, gaps, strict=True) if gap],
                       mean=mean.tolist(), scale=np.where(constant, 1.0, np.sqrt(variance)).tolist())
     for name in (c for c in schema.columns if schema.kinds[c] == "categorical"):
+        categories = matrix[name].cat.categories
         codes = matrix[name].cat.codes.to_numpy()
-        seen = [str(c) for c, n in zip(matrix[name].cat.categories, np.bincount(codes[codes >= 0],
-                minlength=len(matrix[name].cat.categories)), strict=True) if n]
-        params["categorical"].append([name, sorted([*seen, *([MISSING_CATEGORY] if (codes < 0).any() else [])])])
+        counts = np.bincount(codes[codes >= 0], minlength=len(categories))
+        seen = [str(c) for c, n in zip(categories, counts, strict=True) if n]
+        if (codes < 0).any():  # missing (or unseen) values are a category of their own
+            seen.append(MISSING_CATEGORY)
+        params["categorical"].append([name, sorted(seen)])
     return params
 
 

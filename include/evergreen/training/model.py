@@ -170,25 +170,17 @@ def linear_design(params: Mapping[str, Any], matrix: pd.DataFrame) -> Any:
     """The full design matrix the baseline is fitted on (numerics, then each categorical's one-hot block):
     dense, or a CSR matrix when the one-hot columns make it mostly zeros (a high-cardinality categorical),
     as scikit-learn's ColumnTransformer stacks it. Scoring never builds it (:func:`predict_linear`)."""
+    from scipy import sparse
+
     blocks = linear_blocks(params, matrix)
     rows, width = len(matrix), blocks.numeric.shape[1] + sum(blocks.widths)
-    filled = rows * (blocks.numeric.shape[1] + len(blocks.hot))
-    if width and filled / (rows * width or 1) < SPARSE_DESIGN_DENSITY:
-        from scipy import sparse
-
-        parts = [sparse.csr_matrix(blocks.numeric)]
-        for hot, n in zip(blocks.hot, blocks.widths, strict=True):
-            on = np.flatnonzero(hot >= 0)
-            parts.append(sparse.csr_matrix((np.ones(len(on)), (on, hot[on])), shape=(rows, n)))
-        return sparse.hstack(parts, format="csr")
-    design = np.zeros((rows, width), dtype="float64")
-    design[:, :blocks.numeric.shape[1]] = blocks.numeric
-    offset = blocks.numeric.shape[1]
+    parts = [sparse.csr_matrix(blocks.numeric)]
     for hot, n in zip(blocks.hot, blocks.widths, strict=True):
         on = np.flatnonzero(hot >= 0)
-        design[on, offset + hot[on]] = 1.0
-        offset += n
-    return design
+        parts.append(sparse.csr_matrix((np.ones(len(on)), (on, hot[on])), shape=(rows, n)))
+    design = sparse.hstack(parts, format="csr")
+    filled = rows * (blocks.numeric.shape[1] + len(blocks.hot))  # scikit-learn counts a dense block as full
+    return design if width and filled / (rows * width or 1) < SPARSE_DESIGN_DENSITY else design.toarray()
 
 
 def _one_hot_terms(blocks: LinearBlocks, values: np.ndarray) -> list[np.ndarray]:
